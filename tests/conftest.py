@@ -1,0 +1,9 @@
+"""Test set-up shared by every test module.
+
+TRITON_INTERPRET must be set before triton is first imported, so that the Triton kernels run on
+CPU (this machine and CI have no GPU).
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
