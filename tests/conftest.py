@@ -7,3 +7,8 @@ CPU (this machine and CI have no GPU).
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py

@@ -1,0 +1,3 @@
+from genossm.cli import main
+
+raise SystemExit(main())

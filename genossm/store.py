@@ -1,0 +1,404 @@
+"""The token store (DESIGN.md, "Token store"): a Zarr v3 group of base codes.
+
+Writing streams (arrays grow by whole buffers, a contig never sits in memory twice) and is
+atomic (the group is built under a temporary name and renamed when complete; the root
+``genossm`` attribute, written last, marks a finished store). Reading is lazy and fork-safe:
+a :class:`TokenStore` opens its Zarr group on first use in each process, so one object can be
+handed to many DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from genossm import __version__, alphabet
+from genossm.errors import InputError
+
+FORMAT_VERSION = 1
+DEFAULT_CHUNK_SIZE = 1 << 20
+READ_FIELDS = {  # per-read arrays beside reads/codes and reads/offsets
+    "flag": np.uint16,
+    "mapq": np.uint8,
+    "reference_id": np.int32,  # index into reads attrs "references"; -1 when unplaced
+    "position": np.int64,      # 0-based leftmost mapped position; -1 when unmapped
+}
+
+
+def _compressor() -> BloscCodec:
+    # Bit-shuffling packs the 3 significant bits of a code; zstd then finds the repeats.
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _WritePool:
+    """Writes buffers into Zarr arrays on background threads, so that compression overlaps
+    with parsing; at most ``max_pending`` buffers are in flight (bounded memory)."""
+
+    def __init__(self, threads: int):
+        self.executor = ThreadPoolExecutor(max_workers=max(1, threads),
+                                           thread_name_prefix="genossm-write")
+        self.max_pending = max(2, 2 * threads)
+        self.pending: deque[Future] = deque()
+
+    def submit(self, array, start: int, values: np.ndarray) -> None:
+        while len(self.pending) >= self.max_pending:
+            self.pending.popleft().result()
+        self.pending.append(self.executor.submit(array.__setitem__, slice(start, start +
+                                                 values.size), values))
+
+    def drain(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        for f in self.pending:
+            f.cancel()
+        self.executor.shutdown(wait=True)
+        self.pending.clear()
+
+
+class _Appender:
+    """Appends to a 1-D Zarr array through buffers of whole chunks. The array grows
+    geometrically while writing and is trimmed to its exact length by :meth:`close`."""
+
+    def __init__(self, group, name: str, dtype, chunk_size: int, buffer_chunks: int,
+                 pool: _WritePool, fill_value=0):
+        self.array = group.create_array(name, shape=(0,), chunks=(chunk_size,), dtype=dtype,
+                                        compressors=[_compressor()], fill_value=fill_value)
+        self.pool = pool
+        self.buffer_len = chunk_size * buffer_chunks
+        self.buffer = np.empty(self.buffer_len, dtype=dtype)
+        self.filled = 0
+        self.written = 0
+        self.capacity = 0
+
+    def append(self, values: np.ndarray) -> None:
+        values = np.asarray(values)
+        while values.size:
+            take = min(values.size, self.buffer_len - self.filled)
+            self.buffer[self.filled:self.filled + take] = values[:take]
+            self.filled += take
+            values = values[take:]
+            if self.filled == self.buffer_len:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self.filled:
+            return
+        end = self.written + self.filled
+        if end > self.capacity:
+            self.capacity = max(end, 2 * self.capacity)
+            self.array.resize((self.capacity,))
+        self.pool.submit(self.array, self.written, self.buffer[:self.filled])
+        self.buffer = np.empty(self.buffer_len, dtype=self.buffer.dtype)
+        self.written, self.filled = end, 0
+
+    def close(self) -> None:
+        """Write what is buffered, wait for it, and trim the array to its length."""
+        self._flush()
+        self.pool.drain()
+        if self.capacity != self.written:
+            self.array.resize((self.written,))
+            self.capacity = self.written
+
+    @property
+    def length(self) -> int:
+        return self.written + self.filled
+
+
+class ContigWriter:
+    """Streams one contig's codes and soft-mask track into ``contigs/<key>``."""
+
+    def __init__(self, group, key: str, name: str, chunk_size: int, buffer_chunks: int,
+                 pool: _WritePool):
+        self.group = group.create_group(f"contigs/{key}")
+        self.key, self.name = key, name
+        self.codes = _Appender(self.group, "codes", np.uint8, chunk_size, buffer_chunks, pool,
+                               fill_value=alphabet.N)
+        self.softmask = _Appender(self.group, "softmask", np.bool_, chunk_size, buffer_chunks,
+                                  pool, fill_value=False)
+
+    def append(self, codes: np.ndarray, softmask: np.ndarray) -> None:
+        self.codes.append(codes)
+        self.softmask.append(softmask)
+
+    def finish(self, **attrs) -> dict:
+        self.codes.close()
+        self.softmask.close()
+        attrs = {"name": self.name, "length": self.codes.length, **attrs}
+        self.group.attrs.update(attrs)
+        return attrs
+
+
+class ReadsWriter:
+    """Streams reads (concatenated codes, offsets, names and alignment fields) into ``reads``."""
+
+    def __init__(self, group, chunk_size: int, buffer_chunks: int, pool: _WritePool):
+        self.group = group.require_group("reads")
+        self.codes = _Appender(self.group, "codes", np.uint8, chunk_size, buffer_chunks, pool,
+                               fill_value=alphabet.N)
+        small = max(1, chunk_size // 8)
+        self.offsets = _Appender(self.group, "offsets", np.int64, small, 1, pool)
+        self.offsets.append(np.zeros(1, dtype=np.int64))
+        self.name_chars = _Appender(self.group, "name_chars", np.uint8, small, 1, pool)
+        self.name_offsets = _Appender(self.group, "name_offsets", np.int64, small, 1, pool)
+        self.name_offsets.append(np.zeros(1, dtype=np.int64))
+        self.fields = {f: _Appender(self.group, f, dt, small, 1, pool)
+                       for f, dt in READ_FIELDS.items()}
+        self.references: list[str] = []
+        self._reference_ids: dict[str, int] = {}
+        self.count = 0
+
+    def reference_id(self, name: str | None) -> int:
+        if name is None:
+            return -1
+        if name not in self._reference_ids:
+            self._reference_ids[name] = len(self.references)
+            self.references.append(name)
+        return self._reference_ids[name]
+
+    def append_batch(self, codes: list[np.ndarray], names: list[bytes], fields: dict) -> None:
+        if not codes:
+            return
+        lengths = np.fromiter((c.size for c in codes), dtype=np.int64, count=len(codes))
+        self.offsets.append(self.codes.length + np.cumsum(lengths))
+        self.codes.append(np.concatenate(codes))
+        name_lengths = np.fromiter((len(n) for n in names), dtype=np.int64, count=len(names))
+        self.name_offsets.append(self.name_chars.length + np.cumsum(name_lengths))
+        self.name_chars.append(np.frombuffer(b"".join(names), dtype=np.uint8))
+        for f, appender in self.fields.items():
+            appender.append(np.asarray(fields[f], dtype=READ_FIELDS[f]))
+        self.count += len(codes)
+
+    def finish(self) -> None:
+        for appender in (self.codes, self.offsets, self.name_chars, self.name_offsets,
+                         *self.fields.values()):
+            appender.close()
+        self.group.attrs.update({"n_reads": self.count, "n_bases": self.codes.length,
+                                 "references": self.references})
+
+
+class StoreWriter:
+    """Builds a token store under a temporary name; :meth:`commit` renames it into place.
+
+    Use as a context manager: leaving the block by an exception (or KeyboardInterrupt)
+    removes the temporary store, so nothing that looks finished is left behind.
+    """
+
+    def __init__(self, path, *, force: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 buffer_chunks: int = 2, threads: int = 1):
+        self.path = Path(path)
+        if self.path.exists() and not force:
+            raise InputError(self.path, "output exists; use --force to replace it")
+        if chunk_size < 1:
+            raise InputError(self.path, f"chunk size must be positive, got {chunk_size}")
+        self.chunk_size = chunk_size
+        self.buffer_chunks = max(1, buffer_chunks)
+        self.threads = max(1, threads)
+        self.pool: _WritePool | None = None
+        self.force = force
+        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self.group = None
+        self.contig_index: dict[str, str] = {}
+        self.contig_places: dict[str, str] = {}
+        self._reads: ReadsWriter | None = None
+
+    def __enter__(self) -> StoreWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.group = zarr.open_group(str(self.tmp_path), mode="w", zarr_format=3)
+        self.group.require_group("contigs")
+        self.pool = _WritePool(self.threads)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.pool.close()
+        if exc_type is not None:
+            self.abort()
+
+    def add_contig(self, name: str, place: str) -> ContigWriter:
+        """Start a new contig. ``place`` (file and record) is used to report duplicates."""
+        if name in self.contig_index:
+            raise InputError(None, f"duplicate contig name {name!r} "
+                                   f"(first seen at {self.contig_places[name]})", place=place)
+        key = f"c{len(self.contig_index):06d}"
+        self.contig_index[name] = key
+        self.contig_places[name] = place
+        return ContigWriter(self.group, key, name, self.chunk_size, self.buffer_chunks,
+                            self.pool)
+
+    def drop_contig(self, name: str) -> None:
+        """Remove a contig that was started but turned out unusable (e.g. empty)."""
+        key = self.contig_index.pop(name)
+        del self.group["contigs"][key]
+
+    @property
+    def reads(self) -> ReadsWriter:
+        if self._reads is None:
+            self._reads = ReadsWriter(self.group, self.chunk_size, self.buffer_chunks,
+                                      self.pool)
+        return self._reads
+
+    def commit(self, sources: list[dict]) -> Path:
+        if self._reads is not None:
+            self._reads.finish()
+        self.pool.drain()
+        self.group.attrs["contig_index"] = self.contig_index
+        # Written last: a store without it is incomplete.
+        self.group.attrs["genossm"] = {
+            "format": FORMAT_VERSION, "alphabet": alphabet.BASES,
+            "created_by": f"genossm {__version__}", "chunk_size": self.chunk_size,
+            "sources": sources,
+        }
+        old = None
+        if self.path.exists():
+            old = self.path.with_name(f".{self.path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(self.path, old)
+        os.rename(self.tmp_path, self.path)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        return self.path
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp_path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class ContigInfo:
+    name: str
+    key: str
+    length: int
+    n_count: int
+    softmasked: int
+    iupac_count: int
+    md5: str
+
+
+class TokenStore:
+    """Lazy, read-only view of a token store; safe to pickle into DataLoader workers."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        meta_file = self.path / "zarr.json"
+        if not meta_file.is_file():
+            raise InputError(self.path, "not a token store (no zarr.json)")
+        try:
+            attrs = json.loads(meta_file.read_text()).get("attributes", {})
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(meta_file, f"unreadable store metadata ({e})") from None
+        if "genossm" not in attrs:
+            raise InputError(self.path, "incomplete or foreign store (no 'genossm' attribute)")
+        self.meta = attrs["genossm"]
+        if self.meta.get("format") != FORMAT_VERSION:
+            raise InputError(self.path, f"unsupported store format {self.meta.get('format')!r}")
+        self.contig_index: dict[str, str] = attrs.get("contig_index", {})
+        self._group = None
+        self._pid = None
+        self._contigs: dict[str, ContigInfo] = {}
+
+    # Each process opens its own handle (Zarr handles must not cross a fork).
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_group"] = None
+        state["_pid"] = None
+        return state
+
+    @property
+    def group(self):
+        if self._group is None or self._pid != os.getpid():
+            self._group = zarr.open_group(str(self.path), mode="r", zarr_format=3)
+            self._pid = os.getpid()
+        return self._group
+
+    @property
+    def contig_names(self) -> list[str]:
+        return list(self.contig_index)
+
+    def contig(self, name: str) -> ContigInfo:
+        if name not in self._contigs:
+            if name not in self.contig_index:
+                raise KeyError(f"{self.path}: no contig named {name!r}")
+            key = self.contig_index[name]
+            a = self.group[f"contigs/{key}"].attrs
+            self._contigs[name] = ContigInfo(
+                name=name, key=key, length=int(a["length"]), n_count=int(a["n_count"]),
+                softmasked=int(a["softmasked"]), iupac_count=int(a["iupac_count"]),
+                md5=a["md5"])
+        return self._contigs[name]
+
+    @property
+    def contigs(self) -> list[ContigInfo]:
+        return [self.contig(n) for n in self.contig_index]
+
+    def _slice(self, name: str, track: str, start: int, end: int | None) -> np.ndarray:
+        info = self.contig(name)
+        end = info.length if end is None else end
+        if not 0 <= start <= end <= info.length:
+            raise IndexError(f"{name}:{start}-{end} is outside the contig (length {info.length})")
+        return self.group[f"contigs/{info.key}/{track}"][start:end]
+
+    def codes(self, name: str, start: int = 0, end: int | None = None, *,
+              reverse_complement: bool = False) -> np.ndarray:
+        """Base codes of ``name[start:end]`` (0-based, half-open), optionally reverse
+        complemented."""
+        codes = self._slice(name, "codes", start, end)
+        return alphabet.reverse_complement(codes) if reverse_complement else codes
+
+    def softmask(self, name: str, start: int = 0, end: int | None = None) -> np.ndarray:
+        return self._slice(name, "softmask", start, end)
+
+    # reads
+    @property
+    def has_reads(self) -> bool:
+        return "reads" in self.group
+
+    @property
+    def n_reads(self) -> int:
+        return int(self.group["reads"].attrs["n_reads"]) if self.has_reads else 0
+
+    def read_offsets(self) -> np.ndarray:
+        return self.group["reads/offsets"][:] if self.has_reads else np.zeros(1, np.int64)
+
+    def read_codes(self, index: int, *, reverse_complement: bool = False) -> np.ndarray:
+        offsets = self.group["reads/offsets"]
+        start, end = (int(v) for v in offsets[index:index + 2])
+        codes = self.group["reads/codes"][start:end]
+        return alphabet.reverse_complement(codes) if reverse_complement else codes
+
+    def iter_reads(self, batch_size: int = 65536) -> Iterator[tuple[str, np.ndarray, dict]]:
+        """Yield (name, codes, fields) for every read, reading in batches."""
+        if not self.has_reads:
+            return
+        g = self.group["reads"]
+        n = self.n_reads
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            offsets = g["offsets"][lo:hi + 1]
+            codes = g["codes"][int(offsets[0]):int(offsets[-1])]
+            noff = g["name_offsets"][lo:hi + 1]
+            names = g["name_chars"][int(noff[0]):int(noff[-1])].tobytes()
+            fields = {f: g[f][lo:hi] for f in READ_FIELDS}
+            for i in range(hi - lo):
+                seq = codes[offsets[i] - offsets[0]:offsets[i + 1] - offsets[0]]
+                name = names[noff[i] - noff[0]:noff[i + 1] - noff[0]].decode()
+                yield name, seq, {f: fields[f][i].item() for f in READ_FIELDS}
+
+    @property
+    def references(self) -> list[str]:
+        return list(self.group["reads"].attrs["references"]) if self.has_reads else []

@@ -1,0 +1,442 @@
+"""Stage 1: FASTA / SAM / BAM / CRAM -> token store.
+
+FASTA is parsed here, block by block (plain, gzip or BGZF; any line width; ``\\r\\n``), with a
+background thread decompressing the next block while this one is encoded, so memory stays at one
+contig's worth of compressed output plus a few blocks. Alignment files are read with pysam.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import queue
+import threading
+import zlib
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pysam
+from tqdm import tqdm
+
+from genossm import alphabet
+from genossm.errors import InputError
+from genossm.store import DEFAULT_CHUNK_SIZE, StoreWriter
+
+log = logging.getLogger("genossm.tokenize")
+
+BLOCK_SIZE = 8 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+_NEWLINES = b"\r\n"
+_N_BYTES = (ord("N"), ord("n"))
+
+
+# --------------------------------------------------------------------------- input sniffing
+
+
+def sniff_format(path: Path) -> str:
+    """'fasta', 'sam', 'bam' or 'cram', from the file's first bytes (not its name)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as e:
+        raise InputError(path, f"cannot read ({e.strerror})") from None
+    if not head:
+        raise InputError(path, "empty file")
+    if head == b"CRAM":
+        return "cram"
+    if head[:2] == GZIP_MAGIC:
+        try:
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(4)
+        except (OSError, EOFError, zlib.error):
+            raise InputError(path, "truncated or corrupt gzip data at the start") from None
+        if head == b"BAM\x01":
+            return "bam"
+        if not head:
+            raise InputError(path, "empty file (gzip holds no data)")
+    if head[:1] == b"@":
+        return "sam"
+    return "fasta"
+
+
+# --------------------------------------------------------------------------- FASTA
+
+
+def _read_blocks(path: Path, progress: tqdm | None):
+    """Yield decompressed blocks of ``path``; a daemon thread reads ahead (zlib releases the
+    GIL, so decompression overlaps with encoding)."""
+    q: queue.Queue = queue.Queue(maxsize=3)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            with open(path, "rb") as raw:
+                gz = raw.read(2) == GZIP_MAGIC
+                raw.seek(0)
+                fh = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+                while not stop.is_set():
+                    block = fh.read(BLOCK_SIZE)
+                    if not block:
+                        break
+                    q.put((block, raw.tell()))
+            q.put((None, None))
+        except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
+            q.put((e, None))
+
+    thread = threading.Thread(target=produce, name="genossm-decompress", daemon=True)
+    thread.start()
+    done = 0
+    try:
+        while True:
+            block, pos = q.get()
+            if block is None:
+                return
+            if isinstance(block, BaseException):
+                raise _DecompressError(block, done)
+            done += len(block)
+            if progress is not None:
+                progress.update(pos - progress.n)
+            yield block
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+class _DecompressError(Exception):
+    def __init__(self, cause: BaseException, offset: int):
+        self.cause, self.offset = cause, offset
+
+
+@dataclass
+class _Record:
+    name: str
+    line: int
+    writer: object
+    md5: object = field(default_factory=hashlib.md5)
+    length: int = 0
+    n_count: int = 0
+    iupac_count: int = 0
+    softmasked: int = 0
+
+
+@dataclass
+class FastaSummary:
+    path: str
+    format: str = "fasta"
+    contigs: int = 0
+    bases: int = 0
+    n_count: int = 0
+    iupac_count: int = 0
+    softmasked: int = 0
+    empty_records: list[str] = field(default_factory=list)
+
+
+class _FastaTokenizer:
+    """Consumes blocks of FASTA text and streams each record into the store writer."""
+
+    def __init__(self, path: Path, store: StoreWriter):
+        self.path, self.store = path, store
+        self.summary = FastaSummary(path=str(path))
+        self.record: _Record | None = None
+        self.line = 1               # line number at the current position
+        self.at_line_start = True
+        self.pending_header: bytearray | None = None
+        self.pending_header_line = 0
+        self.seen_records = 0
+
+    def feed(self, block: bytes) -> None:
+        i, n = 0, len(block)
+        if self.pending_header is not None:
+            j = block.find(b"\n")
+            if j < 0:
+                self.pending_header += block
+                if len(self.pending_header) > (1 << 20):
+                    raise InputError(self.path, "header line longer than 1 MiB",
+                                     place=f"line {self.pending_header_line}")
+                return
+            self.pending_header += block[:j]
+            self._header(bytes(self.pending_header), self.pending_header_line)
+            self.pending_header = None
+            i = j + 1
+        while i < n:
+            if self.at_line_start and block[i] == 0x3E:  # '>'
+                j = block.find(b"\n", i)
+                if j < 0:
+                    self.pending_header = bytearray(block[i + 1:])
+                    self.pending_header_line = self.line
+                    return
+                self._header(block[i + 1:j], self.line)
+                i = j + 1
+                continue
+            k = block.find(b"\n>", i)
+            end = n if k < 0 else k + 1
+            piece = block[i:end]
+            self._sequence(piece)
+            self.line += piece.count(b"\n")
+            self.at_line_start = piece.endswith(b"\n")
+            i = end
+
+    def finish(self) -> FastaSummary:
+        if self.pending_header is not None:
+            self._header(bytes(self.pending_header), self.pending_header_line)
+            self.pending_header = None
+        self._close_record()
+        if self.seen_records == 0:
+            raise InputError(self.path, "no FASTA records (no line starts with '>')")
+        return self.summary
+
+    def _header(self, text: bytes, line: int) -> None:
+        self._close_record()
+        self.line = line + 1
+        self.at_line_start = True
+        self.seen_records += 1
+        words = text.rstrip(b"\r").split(None, 1)
+        if not words:
+            raise InputError(self.path, "header with no name", place=f"line {line}")
+        try:
+            name = words[0].decode("ascii")
+        except UnicodeDecodeError:
+            raise InputError(self.path, "non-ASCII contig name", place=f"line {line}") from None
+        place = f"{self.path}: record {name!r} (line {line})"
+        self.record = _Record(name=name, line=line, writer=self.store.add_contig(name, place))
+
+    def _sequence(self, piece: bytes) -> None:
+        tagged = np.frombuffer(piece.translate(alphabet.TAGGED_BYTES, _NEWLINES), np.uint8)
+        if not tagged.size:
+            return
+        if self.record is None:
+            offset = len(piece) - len(piece.lstrip())
+            line = self.line + piece.count(b"\n", 0, offset)
+            raise InputError(self.path, "text before the first '>' header", place=f"line {line}")
+        if tagged.max() == alphabet.INVALID:
+            self._invalid_character(piece)
+        codes = tagged & (alphabet.SOFTMASK_BIT - 1)
+        mask = tagged >= alphabet.SOFTMASK_BIT
+        rec = self.record
+        rec.writer.append(codes, mask)
+        upper = piece.translate(alphabet.UPPER_BYTES, _NEWLINES)
+        rec.md5.update(upper)
+        n = int(np.count_nonzero(codes == alphabet.N))
+        if n:
+            rec.iupac_count += n - upper.count(b"N")
+        rec.n_count += n
+        rec.softmasked += int(np.count_nonzero(mask))
+        rec.length += tagged.size
+
+    def _invalid_character(self, piece: bytes) -> None:
+        raw = np.frombuffer(piece, dtype=np.uint8)
+        bad = (alphabet.ENCODE_TABLE.take(raw) == alphabet.INVALID) & (raw != 10) & (raw != 13)
+        pos = int(np.flatnonzero(bad)[0])
+        line_start = piece.rfind(b"\n", 0, pos) + 1
+        line = self.line + piece.count(b"\n", 0, pos)
+        char = bytes([piece[pos]])
+        shown = char.decode("latin-1") if 32 < piece[pos] < 127 else f"\\x{piece[pos]:02x}"
+        raise InputError(self.path, f"invalid character '{shown}' in sequence",
+                         place=f"record {self.record.name!r}, line {line}, "
+                               f"column {pos - line_start + 1}")
+
+    def _close_record(self) -> None:
+        rec, self.record = self.record, None
+        if rec is None:
+            return
+        if rec.length == 0:
+            log.warning("%s: record %r (line %d) has no sequence; skipped",
+                        self.path, rec.name, rec.line)
+            self.store.drop_contig(rec.name)
+            self.summary.empty_records.append(f"{rec.name} (line {rec.line})")
+            return
+        rec.writer.finish(n_count=rec.n_count, iupac_count=rec.iupac_count,
+                          softmasked=rec.softmasked, md5=rec.md5.hexdigest(),
+                          source=str(self.path), header_line=rec.line)
+        s = self.summary
+        s.contigs += 1
+        s.bases += rec.length
+        s.n_count += rec.n_count
+        s.iupac_count += rec.iupac_count
+        s.softmasked += rec.softmasked
+
+
+def tokenize_fasta(path: Path, store: StoreWriter, *, progress: bool = True) -> FastaSummary:
+    """Stream one FASTA file (plain, gzip or BGZF) into ``store``."""
+    tok = _FastaTokenizer(path, store)
+    bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name,
+               disable=None if progress else True, leave=False)
+    try:
+        for block in _read_blocks(path, bar):
+            tok.feed(block)
+    except _DecompressError as e:
+        raise InputError(path, f"truncated or corrupt gzip data ({e.cause})",
+                         place=f"after {e.offset:,} decompressed bytes, line {tok.line}") from None
+    finally:
+        bar.close()
+    return tok.finish()
+
+
+# --------------------------------------------------------------------------- reads
+
+FLAG_NAMES = {"PAIRED": 0x1, "PROPER_PAIR": 0x2, "UNMAP": 0x4, "MUNMAP": 0x8, "REVERSE": 0x10,
+              "MREVERSE": 0x20, "READ1": 0x40, "READ2": 0x80, "SECONDARY": 0x100,
+              "QCFAIL": 0x200, "DUP": 0x400, "SUPPLEMENTARY": 0x800}
+DEFAULT_EXCLUDE_FLAGS = 0x100 | 0x200 | 0x400 | 0x800   # SECONDARY, QCFAIL, DUP, SUPPLEMENTARY
+
+
+def parse_flags(text: str) -> int:
+    """samtools-style flags: an integer (decimal or 0x hex) or comma-separated names."""
+    text = text.strip()
+    try:
+        return int(text, 0)
+    except ValueError:
+        pass
+    value = 0
+    for name in filter(None, (w.strip().upper() for w in text.split(","))):
+        if name not in FLAG_NAMES:
+            raise ValueError(f"unknown flag name {name!r}; known: {', '.join(FLAG_NAMES)}")
+        value |= FLAG_NAMES[name]
+    return value
+
+
+@dataclass
+class ReadFilter:
+    exclude_flags: int = DEFAULT_EXCLUDE_FLAGS
+    min_mapq: int = 0
+    min_length: int = 1
+    region: str | None = None
+
+
+@dataclass
+class ReadsSummary:
+    path: str
+    format: str
+    reads: int = 0
+    bases: int = 0
+    first_read: int = 0
+    filters: dict = field(default_factory=dict)
+    dropped: dict = field(default_factory=dict)
+
+
+def tokenize_reads(path: Path, fmt: str, store: StoreWriter, filt: ReadFilter, *,
+                   reference: Path | None = None, threads: int = 1,
+                   progress: bool = True) -> ReadsSummary:
+    """Stream the reads of a SAM/BAM/CRAM file that pass ``filt`` into the store."""
+    if fmt == "cram" and reference is None:
+        raise InputError(path, "CRAM input needs --reference FASTA")
+    mode = {"sam": "r", "bam": "rb", "cram": "rc"}[fmt]
+    kwargs = {"reference_filename": str(reference)} if fmt == "cram" else {}
+    try:
+        aln = pysam.AlignmentFile(str(path), mode, threads=max(1, threads),
+                                  check_sq=False, **kwargs)
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"cannot open as {fmt.upper()} ({e})") from None
+    writer = store.reads
+    summary = ReadsSummary(path=str(path), format=fmt, first_read=writer.count,
+                           filters=asdict(filt))
+    dropped: Counter = Counter()
+    with aln:
+        if filt.region:
+            if not aln.has_index():
+                raise InputError(path, f"--region {filt.region} needs an index "
+                                       "(.bai/.csi/.crai); create one with samtools index")
+            try:
+                it = aln.fetch(region=filt.region)
+            except ValueError as e:
+                raise InputError(path, f"bad region {filt.region!r} ({e})") from None
+        else:
+            it = aln.fetch(until_eof=True)
+        batch_codes, batch_names = [], []
+        batch_fields = {"flag": [], "mapq": [], "reference_id": [], "position": []}
+        bar = tqdm(unit=" reads", desc=path.name, disable=None if progress else True,
+                   leave=False)
+        number = 0
+        try:
+            for read in it:
+                number += 1
+                if read.flag & filt.exclude_flags:
+                    dropped["flag"] += 1
+                    continue
+                if read.mapping_quality < filt.min_mapq:
+                    dropped["mapq"] += 1
+                    continue
+                seq = read.query_sequence
+                if not seq:
+                    dropped["no_sequence"] += 1
+                    continue
+                if len(seq) < filt.min_length:
+                    dropped["length"] += 1
+                    continue
+                try:
+                    codes = alphabet.encode(seq)
+                except ValueError as e:
+                    raise InputError(path, str(e),
+                                     place=f"read {read.query_name!r} (record {number})") from None
+                batch_codes.append(codes)
+                batch_names.append(read.query_name.encode())
+                batch_fields["flag"].append(read.flag)
+                batch_fields["mapq"].append(read.mapping_quality)
+                batch_fields["reference_id"].append(
+                    writer.reference_id(read.reference_name if read.reference_id >= 0 else None))
+                batch_fields["position"].append(
+                    read.reference_start if not read.is_unmapped else -1)
+                summary.bases += codes.size
+                if len(batch_codes) == 16384:
+                    writer.append_batch(batch_codes, batch_names, batch_fields)
+                    bar.update(len(batch_codes))
+                    batch_codes, batch_names = [], []
+                    batch_fields = {k: [] for k in batch_fields}
+        except OSError as e:
+            raise InputError(path, f"truncated or corrupt {fmt.upper()} ({e})",
+                             place=f"after record {number}") from None
+        finally:
+            bar.close()
+        writer.append_batch(batch_codes, batch_names, batch_fields)
+    summary.reads = writer.count - summary.first_read
+    summary.dropped = dict(dropped)
+    return summary
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def tokenize(inputs: list[Path], output: Path, *, force: bool = False,
+             chunk_size: int = DEFAULT_CHUNK_SIZE, threads: int = 1,
+             read_filter: ReadFilter | None = None, reference: Path | None = None,
+             progress: bool = True) -> dict:
+    """Tokenize every input into one new store at ``output``; returns a summary dict."""
+    import zarr
+
+    read_filter = read_filter or ReadFilter()
+    inputs = [Path(p) for p in inputs]
+    for p in inputs:
+        if not p.is_file():
+            raise InputError(p, "no such file")
+    formats = [sniff_format(p) for p in inputs]
+    if read_filter.region and not any(f in ("sam", "bam", "cram") for f in formats):
+        raise InputError(None, "--region applies to SAM/BAM/CRAM inputs, and none was given")
+    sources = []
+    with zarr.config.set({"threading.max_workers": max(1, threads),
+                          "async.concurrency": max(1, 2 * threads)}), \
+            StoreWriter(output, force=force, chunk_size=chunk_size, threads=threads) as store:
+        for path, fmt in zip(inputs, formats, strict=True):
+            if fmt == "fasta":
+                summary = tokenize_fasta(path, store, progress=progress)
+            else:
+                summary = tokenize_reads(path, fmt, store, read_filter, reference=reference,
+                                         threads=threads, progress=progress)
+            sources.append(asdict(summary))
+        store.commit(sources)
+    fasta = [s for s in sources if s["format"] == "fasta"]
+    reads = [s for s in sources if s["format"] != "fasta"]
+    return {"output": str(output), "sources": sources,
+            "contigs": sum(s["contigs"] for s in fasta),
+            "bases": sum(s["bases"] for s in fasta),
+            "n_count": sum(s["n_count"] for s in fasta),
+            "iupac_count": sum(s["iupac_count"] for s in fasta),
+            "empty_records": sum(len(s["empty_records"]) for s in fasta),
+            "reads": sum(s["reads"] for s in reads),
+            "read_bases": sum(s["bases"] for s in reads)}

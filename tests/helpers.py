@@ -1,0 +1,57 @@
+"""Paths and small utilities shared by the tests."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import sys
+from pathlib import Path
+
+import pysam
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "config" / "data"
+CHR20 = DATA / "chr20_b37_1-2000000.fa.gz"
+LAMBDA = DATA / "lambda_virus.fa.gz"
+EX1_BAM = DATA / "ex1.bam"
+EX1_FA = DATA / "ex1.fa"
+MPILEUP_BAM = DATA / "mpileup.1.bam"
+MPILEUP_FA = DATA / "mpileup.ref.fa"
+
+
+def fasta_records(path: Path) -> list[tuple[str, str]]:
+    """(name, sequence as written) of every record, read by pysam (independent of genossm)."""
+    with pysam.FastxFile(str(path)) as fx:
+        return [(r.name, r.sequence) for r in fx]
+
+
+def write_fasta(path: Path, records, *, width: int = 60, newline: str = "\n",
+                compress: str | None = None) -> Path:
+    """Write records as FASTA; compress is None, 'gzip' or 'bgzf'."""
+    buf = io.StringIO()
+    for name, seq in records:
+        buf.write(f">{name}{newline}")
+        for i in range(0, len(seq), width):
+            buf.write(seq[i:i + width] + newline)
+    data = buf.getvalue().encode()
+    if compress == "gzip":
+        path.write_bytes(gzip.compress(data))
+    elif compress == "bgzf":
+        plain = path.with_suffix(".tmp")
+        plain.write_bytes(data)
+        pysam.tabix_compress(str(plain), str(path), force=True)
+        plain.unlink()
+    else:
+        path.write_bytes(data)
+    return path
+
+
+@contextlib.contextmanager
+def captured_stderr():
+    old = sys.stderr
+    sys.stderr = io.StringIO()
+    try:
+        yield sys.stderr
+    finally:
+        sys.stderr = old
