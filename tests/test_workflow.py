@@ -1,0 +1,83 @@
+"""The Snakemake workflow: lint, config validation, and the tokenize targets run for real."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pysam
+import pytest
+
+from genossm.store import TokenStore
+from helpers import CHR20, ROOT, fasta_records
+
+BIN = Path(sys.executable).parent
+
+
+def snakemake(workdir: Path, *args, check=True):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d",
+                           str(workdir), *args], capture_output=True, text=True, env=env)
+    if check and proc.returncode:
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    return tmp_path
+
+
+def test_lint_is_clean():
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=ROOT, capture_output=True,
+                          text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr
+
+
+def test_tokenize_targets_run_and_rerun_does_nothing(workdir):
+    targets = ["results/tokens/chr20.zarr", "results/tokens/ex1_reads.zarr",
+               "results/tokens/hg00100_reads.zarr"]
+    snakemake(workdir, "--cores", "2", *targets)
+    store = TokenStore(workdir / "results/tokens/chr20.zarr")
+    expected_md5 = hashlib.md5(pysam.FastaFile(str(CHR20)).fetch("20").upper().encode())
+    assert store.contig("20").md5 == expected_md5.hexdigest()
+    assert store.contig("20").length == len(fasta_records(CHR20)[0][1])
+    reads = TokenStore(workdir / "results/tokens/hg00100_reads.zarr")
+    with pysam.AlignmentFile(str(ROOT / "config/data/mpileup.1.bam")) as aln:
+        expected = sum(1 for r in aln.fetch(region="17:1-4200") if not r.flag & 0xF00)
+    assert reads.n_reads == expected
+    for name in ("chr20", "ex1_reads", "hg00100_reads"):
+        assert (workdir / f"logs/tokenize/{name}.log").read_text().startswith(
+            "genossm tokenize: wrote")
+        assert (workdir / f"results/benchmarks/tokenize/{name}.tsv").is_file()
+    again = snakemake(workdir, "--cores", "2", *targets)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_dry_run_lists_every_sample(workdir):
+    proc = snakemake(workdir, "-n", "--cores", "2")
+    out = proc.stdout + proc.stderr
+    for name in ("chr20", "lambda", "ex1_reads", "hg00100_reads"):
+        assert f"results/tokens/{name}.zarr" in out
+
+
+@pytest.mark.parametrize("edit,message", [
+    (("config/config.yaml", "min_mapq: 0", "min_mapq: -3"), "-3 is less than the minimum"),
+    (("config/config.yaml", "samples: config/samples.tsv", "sample: x"), "samples"),
+    (("config/samples.tsv", "lambda\t", "lam bda\t"), "line 4 ('lam bda')"),
+    (("config/samples.tsv", "lambda\t", "chr20\t"), "line 4 ('chr20'): duplicate sample"),
+])
+def test_config_errors_are_clear(workdir, edit, message):
+    path, old, new = edit
+    target = workdir / path
+    target.write_text(target.read_text().replace(old, new))
+    proc = snakemake(workdir, "-n", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
