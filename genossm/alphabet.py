@@ -38,11 +38,16 @@ DECODE_TABLE = np.frombuffer(BASES.encode(), dtype=np.uint8)
 
 # The same tables as 256-byte strings for bytes.translate, which encodes and drops line breaks
 # in one C pass (several times faster than a numpy gather). TAGGED adds SOFTMASK_BIT to the
-# code of a lower-case letter, so one pass yields both codes and the soft-mask track.
+# code of a lower-case letter and IUPAC_BIT to that of an ambiguity letter, so one pass yields
+# the codes, the soft-mask track and whether any IUPAC letter occurs.
 SOFTMASK_BIT = 8
+IUPAC_BIT = 16
 ENCODE_BYTES = ENCODE_TABLE.tobytes()
-TAGGED_BYTES = np.where(IS_LOWER & (ENCODE_TABLE != INVALID), ENCODE_TABLE | SOFTMASK_BIT,
-                        ENCODE_TABLE).astype(np.uint8).tobytes()
+_tagged = ENCODE_TABLE.copy()
+_valid = ENCODE_TABLE != INVALID
+_tagged[IS_LOWER & _valid] |= SOFTMASK_BIT
+_tagged[IS_IUPAC] |= IUPAC_BIT
+TAGGED_BYTES = _tagged.tobytes()
 UPPER_BYTES = bytes(range(256)).upper()
 
 # code -> complement code over the whole vocabulary: A<->T, C<->G, N and specials fixed.

@@ -14,11 +14,12 @@ import queue
 import threading
 import zlib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pysam
+from isal import igzip
 from tqdm import tqdm
 
 from genossm import alphabet
@@ -30,7 +31,6 @@ log = logging.getLogger("genossm.tokenize")
 BLOCK_SIZE = 8 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 _NEWLINES = b"\r\n"
-_N_BYTES = (ord("N"), ord("n"))
 
 
 # --------------------------------------------------------------------------- input sniffing
@@ -65,25 +65,33 @@ def sniff_format(path: Path) -> str:
 # --------------------------------------------------------------------------- FASTA
 
 
+def _open_decompressed(raw):
+    """A binary stream over ``raw``'s content, gunzipped (with ISA-L) when it is gzip/BGZF."""
+    gz = raw.read(2) == GZIP_MAGIC
+    raw.seek(0)
+    return igzip.IGzipFile(fileobj=raw, mode="rb") if gz else raw
+
+
+_DECOMPRESS_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
+
+
 def _read_blocks(path: Path, progress: tqdm | None):
-    """Yield decompressed blocks of ``path``; a daemon thread reads ahead (zlib releases the
-    GIL, so decompression overlaps with encoding)."""
+    """Yield decompressed blocks of ``path``; a daemon thread reads ahead (ISA-L inflate
+    releases the GIL, so decompression overlaps with encoding)."""
     q: queue.Queue = queue.Queue(maxsize=3)
     stop = threading.Event()
 
     def produce():
         try:
             with open(path, "rb") as raw:
-                gz = raw.read(2) == GZIP_MAGIC
-                raw.seek(0)
-                fh = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+                fh = _open_decompressed(raw)
                 while not stop.is_set():
                     block = fh.read(BLOCK_SIZE)
                     if not block:
                         break
                     q.put((block, raw.tell()))
             q.put((None, None))
-        except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
+        except _DECOMPRESS_ERRORS as e:
             q.put((e, None))
 
     thread = threading.Thread(target=produce, name="genossm-decompress", daemon=True)
@@ -114,16 +122,59 @@ class _DecompressError(Exception):
         self.cause, self.offset = cause, offset
 
 
+def line_at(path: Path, offset: int) -> int:
+    """1-based line number of byte ``offset`` of the decompressed content of ``path``.
+
+    Parsing tracks byte offsets only (counting every newline would cost a pass over the data);
+    the rare message that names a line rescans the file up to the offset.
+    """
+    line, done = 1, 0
+    try:
+        with open(path, "rb") as raw:
+            fh = _open_decompressed(raw)
+            while done < offset:
+                block = fh.read(min(BLOCK_SIZE, offset - done))
+                if not block:
+                    break
+                line += block.count(b"\n")
+                done += len(block)
+    except _DECOMPRESS_ERRORS:
+        pass
+    return line
+
+
 @dataclass
 class _Record:
     name: str
-    line: int
+    offset: int          # of its header line in the decompressed text
     writer: object
+    hasher: ThreadPoolExecutor   # one thread: md5 updates run in order, off the parsing thread
     md5: object = field(default_factory=hashlib.md5)
+    pending: list = field(default_factory=list)
     length: int = 0
     n_count: int = 0
     iupac_count: int = 0
     softmasked: int = 0
+
+    def digest(self, upper: bytes) -> None:
+        if len(self.pending) > 2:
+            self.pending.pop(0).result()
+        self.pending.append(self.hasher.submit(self.md5.update, upper))
+
+    def hexdigest(self) -> str:
+        for f in self.pending:
+            f.result()
+        return self.md5.hexdigest()
+
+
+class _RecordPlace:
+    """'FILE: record NAME (line N)', with N found only if the text is ever needed."""
+
+    def __init__(self, path: Path, name: str, offset: int):
+        self.path, self.name, self.offset = path, name, offset
+
+    def __str__(self) -> str:
+        return f"{self.path}: record {self.name!r} (line {line_at(self.path, self.offset)})"
 
 
 @dataclass
@@ -145,11 +196,12 @@ class _FastaTokenizer:
         self.path, self.store = path, store
         self.summary = FastaSummary(path=str(path))
         self.record: _Record | None = None
-        self.line = 1               # line number at the current position
+        self.offset = 0             # decompressed bytes before the current block
         self.at_line_start = True
         self.pending_header: bytearray | None = None
-        self.pending_header_line = 0
+        self.pending_header_offset = 0
         self.seen_records = 0
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genossm-md5")
 
     def feed(self, block: bytes) -> None:
         i, n = 0, len(block)
@@ -159,10 +211,11 @@ class _FastaTokenizer:
                 self.pending_header += block
                 if len(self.pending_header) > (1 << 20):
                     raise InputError(self.path, "header line longer than 1 MiB",
-                                     place=f"line {self.pending_header_line}")
+                                     place=f"line {line_at(self.path, self.pending_header_offset)}")
+                self.offset += n
                 return
             self.pending_header += block[:j]
-            self._header(bytes(self.pending_header), self.pending_header_line)
+            self._header(bytes(self.pending_header), self.pending_header_offset)
             self.pending_header = None
             i = j + 1
         while i < n:
@@ -170,91 +223,104 @@ class _FastaTokenizer:
                 j = block.find(b"\n", i)
                 if j < 0:
                     self.pending_header = bytearray(block[i + 1:])
-                    self.pending_header_line = self.line
-                    return
-                self._header(block[i + 1:j], self.line)
+                    self.pending_header_offset = self.offset + i
+                    break
+                self._header(block[i + 1:j], self.offset + i)
                 i = j + 1
                 continue
-            k = block.find(b"\n>", i)
-            end = n if k < 0 else k + 1
-            piece = block[i:end]
-            self._sequence(piece)
-            self.line += piece.count(b"\n")
-            self.at_line_start = piece.endswith(b"\n")
+            end = self._next_header(block, i)
+            self._sequence(block[i:end], self.offset + i)
+            self.at_line_start = block[end - 1] == 0x0A
             i = end
+        self.offset += n
+
+    @staticmethod
+    def _next_header(block: bytes, i: int) -> int:
+        """Start of the next line that begins with '>' after ``i``, or the block's end. A '>'
+        inside a line is left in the sequence, where it is reported as invalid."""
+        k = block.find(b">", i + 1)  # memchr: much faster than searching for b"\n>"
+        while k > 0 and block[k - 1] != 0x0A:
+            k = block.find(b">", k + 1)
+        return len(block) if k < 0 else k
 
     def finish(self) -> FastaSummary:
         if self.pending_header is not None:
-            self._header(bytes(self.pending_header), self.pending_header_line)
+            self._header(bytes(self.pending_header), self.pending_header_offset)
             self.pending_header = None
         self._close_record()
+        self.hasher.shutdown()
         if self.seen_records == 0:
             raise InputError(self.path, "no FASTA records (no line starts with '>')")
         return self.summary
 
-    def _header(self, text: bytes, line: int) -> None:
+    def _header(self, text: bytes, offset: int) -> None:
         self._close_record()
-        self.line = line + 1
         self.at_line_start = True
         self.seen_records += 1
         words = text.rstrip(b"\r").split(None, 1)
         if not words:
-            raise InputError(self.path, "header with no name", place=f"line {line}")
+            raise InputError(self.path, "header with no name",
+                             place=f"line {line_at(self.path, offset)}")
         try:
             name = words[0].decode("ascii")
         except UnicodeDecodeError:
-            raise InputError(self.path, "non-ASCII contig name", place=f"line {line}") from None
-        place = f"{self.path}: record {name!r} (line {line})"
-        self.record = _Record(name=name, line=line, writer=self.store.add_contig(name, place))
+            raise InputError(self.path, "non-ASCII contig name",
+                             place=f"line {line_at(self.path, offset)}") from None
+        place = _RecordPlace(self.path, name, offset)
+        self.record = _Record(name=name, offset=offset, writer=self.store.add_contig(name, place),
+                              hasher=self.hasher)
 
-    def _sequence(self, piece: bytes) -> None:
+    def _sequence(self, piece: bytes, offset: int) -> None:
         tagged = np.frombuffer(piece.translate(alphabet.TAGGED_BYTES, _NEWLINES), np.uint8)
         if not tagged.size:
             return
         if self.record is None:
-            offset = len(piece) - len(piece.lstrip())
-            line = self.line + piece.count(b"\n", 0, offset)
-            raise InputError(self.path, "text before the first '>' header", place=f"line {line}")
-        if tagged.max() == alphabet.INVALID:
-            self._invalid_character(piece)
-        codes = tagged & (alphabet.SOFTMASK_BIT - 1)
-        mask = tagged >= alphabet.SOFTMASK_BIT
+            first = offset + len(piece) - len(piece.lstrip())
+            raise InputError(self.path, "text before the first '>' header",
+                             place=f"line {line_at(self.path, first)}")
+        top = int(tagged.max())
+        if top == alphabet.INVALID:
+            self._invalid_character(piece, offset)
         rec = self.record
-        rec.writer.append(codes, mask)
         upper = piece.translate(alphabet.UPPER_BYTES, _NEWLINES)
-        rec.md5.update(upper)
-        n = int(np.count_nonzero(codes == alphabet.N))
-        if n:
+        rec.digest(upper)
+        if top < alphabet.SOFTMASK_BIT:  # the common case: upper-case A C G T N only
+            rec.writer.append(tagged, None)
+            rec.n_count += upper.count(b"N")
+        else:
+            codes = tagged & (alphabet.SOFTMASK_BIT - 1)
+            mask = (tagged & alphabet.SOFTMASK_BIT) != 0
+            rec.writer.append(codes, mask)
+            n = int(np.count_nonzero(codes == alphabet.N))
+            rec.n_count += n
             rec.iupac_count += n - upper.count(b"N")
-        rec.n_count += n
-        rec.softmasked += int(np.count_nonzero(mask))
+            rec.softmasked += int(np.count_nonzero(mask))
         rec.length += tagged.size
 
-    def _invalid_character(self, piece: bytes) -> None:
+    def _invalid_character(self, piece: bytes, offset: int) -> None:
         raw = np.frombuffer(piece, dtype=np.uint8)
         bad = (alphabet.ENCODE_TABLE.take(raw) == alphabet.INVALID) & (raw != 10) & (raw != 13)
         pos = int(np.flatnonzero(bad)[0])
-        line_start = piece.rfind(b"\n", 0, pos) + 1
-        line = self.line + piece.count(b"\n", 0, pos)
-        char = bytes([piece[pos]])
-        shown = char.decode("latin-1") if 32 < piece[pos] < 127 else f"\\x{piece[pos]:02x}"
+        column = pos - piece.rfind(b"\n", 0, pos)
+        line = line_at(self.path, offset + pos)
+        shown = chr(piece[pos]) if 32 < piece[pos] < 127 else f"\\x{piece[pos]:02x}"
         raise InputError(self.path, f"invalid character '{shown}' in sequence",
-                         place=f"record {self.record.name!r}, line {line}, "
-                               f"column {pos - line_start + 1}")
+                         place=f"record {self.record.name!r}, line {line}, column {column}")
 
     def _close_record(self) -> None:
         rec, self.record = self.record, None
         if rec is None:
             return
         if rec.length == 0:
-            log.warning("%s: record %r (line %d) has no sequence; skipped",
-                        self.path, rec.name, rec.line)
+            line = line_at(self.path, rec.offset)
+            log.warning("%s: record %r (line %d) has no sequence; skipped", self.path, rec.name,
+                        line)
             self.store.drop_contig(rec.name)
-            self.summary.empty_records.append(f"{rec.name} (line {rec.line})")
+            self.summary.empty_records.append(f"{rec.name} (line {line})")
             return
         rec.writer.finish(n_count=rec.n_count, iupac_count=rec.iupac_count,
-                          softmasked=rec.softmasked, md5=rec.md5.hexdigest(),
-                          source=str(self.path), header_line=rec.line)
+                          softmasked=rec.softmasked, md5=rec.hexdigest(),
+                          source=str(self.path))
         s = self.summary
         s.contigs += 1
         s.bases += rec.length
@@ -273,7 +339,7 @@ def tokenize_fasta(path: Path, store: StoreWriter, *, progress: bool = True) -> 
             tok.feed(block)
     except _DecompressError as e:
         raise InputError(path, f"truncated or corrupt gzip data ({e.cause})",
-                         place=f"after {e.offset:,} decompressed bytes, line {tok.line}") from None
+                         place=f"after {e.offset:,} decompressed bytes") from None
     finally:
         bar.close()
     return tok.finish()
@@ -325,6 +391,8 @@ def tokenize_reads(path: Path, fmt: str, store: StoreWriter, filt: ReadFilter, *
                    reference: Path | None = None, threads: int = 1,
                    progress: bool = True) -> ReadsSummary:
     """Stream the reads of a SAM/BAM/CRAM file that pass ``filt`` into the store."""
+    import pysam
+
     if fmt == "cram" and reference is None:
         raise InputError(path, "CRAM input needs --reference FASTA")
     mode = {"sam": "r", "bam": "rb", "cram": "rc"}[fmt]
