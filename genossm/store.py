@@ -38,7 +38,7 @@ READ_FIELDS = {  # per-read arrays beside reads/codes and reads/offsets
 
 def _compressor() -> BloscCodec:
     # Bit-shuffling packs the 3 significant bits of a code into 3 of 8 bit planes; LZ4 then
-    # squeezes them within 3% of zstd's size at several times its speed (benchmarks/tokenize_throughput.py).
+    # squeezes them to within 3% of zstd's size at several times its speed.
     return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
