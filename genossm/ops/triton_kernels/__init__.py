@@ -1,0 +1,2 @@
+"""Triton kernels behind :mod:`genossm.ops.scan_triton` (chunked selective scan, forward and
+backward)."""

@@ -1,0 +1,234 @@
+"""The triton scan backend against the float64 sequential reference, forward and backward.
+
+Runs the Triton kernels on CPU through the interpreter (TRITON_INTERPRET=1, set in conftest).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("triton")
+
+from genossm.ops.scan_triton import chunk_len, scan_triton  # noqa: E402
+from genossm.ops.selective_scan import selective_scan  # noqa: E402
+
+NAMES = ("x", "dt", "A", "B", "C", "D", "dt_bias", "initial_state")
+
+
+def _inputs(batch=2, length=45, heads=4, headdim=16, groups=2, dstate=16, d_shape="hp",
+            init=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+
+    return {
+        "x": rnd(batch, length, heads, headdim),
+        "dt": rnd(batch, length, heads, scale=0.5),
+        "A": -(torch.rand(heads, generator=gen, dtype=torch.float64) + 0.3),
+        "B": rnd(batch, length, groups, dstate, scale=0.5),
+        "C": rnd(batch, length, groups, dstate, scale=0.5),
+        "D": {"hp": rnd(heads, headdim), "h": rnd(heads), None: None}[d_shape],
+        "dt_bias": rnd(heads, scale=0.5) - 1.0,
+        "initial_state": rnd(batch, heads, headdim, dstate) if init else None,
+    }
+
+
+def _run(inputs, backend, dtype, chunk_size=16, grad_y=True, grad_final=True, seed=1):
+    """Outputs and input gradients of a weighted sum of y and the final state."""
+    leaves = {k: (v.detach().to(dtype).requires_grad_() if v is not None else None)
+              for k, v in inputs.items()}
+    y, final = selective_scan(
+        leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], leaves["D"],
+        dt_bias=leaves["dt_bias"], dt_softplus=True, initial_state=leaves["initial_state"],
+        return_final_state=True, chunk_size=chunk_size, backend=backend)
+    gen = torch.Generator().manual_seed(seed)
+    loss = 0.0
+    if grad_y:
+        loss = loss + (y.double() * torch.randn(y.shape, generator=gen, dtype=torch.float64)).sum()
+    if grad_final:
+        loss = loss + (final.double() * torch.randn(final.shape, generator=gen,
+                                                    dtype=torch.float64)).sum()
+    loss.backward()
+    grads = {k: (v.grad if v is not None else None) for k, v in leaves.items()}
+    return y, final, grads
+
+
+def _close(name, got, want, rtol):
+    assert got is not None, name
+    if want is None:  # the reference's output does not depend on this input
+        want = torch.zeros_like(got, dtype=torch.float64)
+    assert got.shape == want.shape, name
+    err = (got.double() - want.double()).abs().max().item()
+    scale = max(want.abs().max().item(), 1e-3)
+    assert err <= rtol * scale, f"{name}: max error {err:.3e} vs magnitude {scale:.3e}"
+
+
+def _check(inputs, dtype=torch.float32, rtol=1e-4, chunk_size=16, **kw):
+    if dtype != torch.float32:  # compare against the reference on the rounded inputs
+        inputs = {k: (v.to(dtype).double() if v is not None else None) for k, v in inputs.items()}
+    want_y, want_f, want_g = _run(inputs, "ref", torch.float64, **kw)
+    got_y, got_f, got_g = _run(inputs, "triton", dtype, chunk_size=chunk_size, **kw)
+    assert got_y.dtype == dtype and got_f.dtype == torch.float32
+    _close("y", got_y, want_y, rtol)
+    _close("final_state", got_f, want_f, rtol)
+    for k in NAMES:
+        if inputs[k] is None:
+            assert got_g[k] is None
+        else:
+            _close(f"d{k}", got_g[k], want_g[k], rtol)
+
+
+def test_ragged_length_groups_init_full_d():
+    _check(_inputs(length=45, d_shape="hp", init=True))
+
+
+def test_length_one():
+    _check(_inputs(length=1, d_shape="h", init=True))
+
+
+def test_no_d_no_init_one_group_exact_chunks():
+    _check(_inputs(batch=1, length=64, groups=1, d_shape=None, init=False))
+
+
+def test_multi_tile_chunk_head_d():
+    # chunk 128 = several row tiles per chunk (32 rows in float32), three chunks, the last
+    # one ragged.
+    _check(_inputs(batch=1, length=300, heads=2, groups=2, d_shape="h"), chunk_size=128)
+
+
+def test_non_power_of_two_dims():
+    _check(_inputs(batch=1, length=37, heads=3, headdim=12, groups=3, dstate=10))
+
+
+def test_gradient_of_y_only_and_of_final_state_only():
+    inputs = _inputs(batch=1, length=40, heads=2, groups=1)
+    _check(inputs, grad_final=False)
+    _check(inputs, grad_y=False)
+
+
+def test_bfloat16_inputs():
+    # 16-bit inputs use 64-row tiles: chunk 128 has two; length 150 ends in a ragged chunk.
+    _check(_inputs(batch=1, length=150), dtype=torch.bfloat16, rtol=3e-2, chunk_size=128)
+
+
+def test_float16_inputs():
+    _check(_inputs(batch=1, length=33, heads=2), dtype=torch.float16, rtol=1e-2)
+
+
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(length=st.integers(1, 70), chunk=st.sampled_from([16, 32]),
+       heads_groups=st.sampled_from([(1, 1), (2, 1), (3, 3), (4, 2)]),
+       d_shape=st.sampled_from(["h", "hp", None]), init=st.booleans(), seed=st.integers(0, 99))
+def test_random_shapes(length, chunk, heads_groups, d_shape, init, seed):
+    heads, groups = heads_groups
+    _check(_inputs(batch=1, length=length, heads=heads, groups=groups, d_shape=d_shape,
+                   init=init, seed=seed), chunk_size=chunk)
+
+
+def test_streaming_pieces_equal_one_pass():
+    inputs = {k: (v.float() if v is not None else None) for k, v in _inputs(length=70).items()}
+    args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D")]
+    y, final = selective_scan(*args, initial_state=inputs["initial_state"],
+                              return_final_state=True, chunk_size=16, backend="triton")
+    state, ys = inputs["initial_state"], []
+    for lo, hi in ((0, 23), (23, 24), (24, 70)):
+        piece = [a[:, lo:hi] for a in args[:2]] + [args[2]] + [a[:, lo:hi] for a in args[3:5]]
+        yp, state = selective_scan(*piece, args[5], initial_state=state,
+                                   return_final_state=True, chunk_size=16, backend="triton")
+        ys.append(yp)
+    _close("y", torch.cat(ys, 1), y, 1e-5)
+    _close("final_state", state, final, 1e-5)
+
+
+def test_long_forward():
+    inputs = _inputs(batch=1, length=4096, heads=1, groups=1, seed=3)
+    inputs["dt"] = inputs["dt"] - 2.0  # slower decay, so information crosses many chunks
+    x, dt, A, B, C, D = (inputs[k] for k in ("x", "dt", "A", "B", "C", "D"))
+    want, want_f = selective_scan(x, dt, A, B, C, D, dt_softplus=True, return_final_state=True,
+                                  backend="ref")
+    f = [t.float() for t in (x, dt, A, B, C, D)]
+    got, got_f = selective_scan(*f, dt_softplus=True, return_final_state=True, chunk_size=256,
+                                backend="triton")
+    _close("y", got, want, 1e-4)
+    _close("final_state", got_f, want_f, 1e-4)
+
+
+def test_chunk_len():
+    assert [chunk_len(c) for c in (1, 16, 100, 256, 300, 4096)] == [16, 16, 64, 256, 256, 1024]
+    # A chunk size that is not a power of two gives the same function.
+    _check(_inputs(batch=1, length=50, heads=2, groups=1), chunk_size=40)
+
+
+def test_empty_length():
+    inputs = {k: (v.float() if v is not None else None)
+              for k, v in _inputs(batch=1, length=0, heads=2, groups=1).items()}
+    y, final = scan_triton(inputs["x"], inputs["dt"], inputs["A"], inputs["B"], inputs["C"],
+                           inputs["D"], initial_state=inputs["initial_state"],
+                           return_final_state=True)
+    assert y.shape == inputs["x"].shape
+    torch.testing.assert_close(final, inputs["initial_state"])
+
+
+def test_rejects_cpu_without_interpreter_and_float64(monkeypatch):
+    inputs = {k: (v.float() if v is not None else None)
+              for k, v in _inputs(batch=1, length=4, heads=2, groups=1).items()}
+    args = [inputs[k] for k in ("x", "dt", "A", "B", "C")]
+    with pytest.raises(TypeError, match="float64"):
+        scan_triton(args[0].double(), *args[1:])
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        scan_triton(*args)
+
+
+def _load_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scan_gpu.py"
+    spec = importlib.util.spec_from_file_location("scan_gpu_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_benchmark_smoke(capsys):
+    """benchmarks/scan_gpu.py: --help, and every code path at tiny sizes on the interpreter,
+    where the two backends must agree."""
+    bench = _load_benchmark()
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--help"])
+    assert exc.value.code == 0
+    capsys.readouterr()
+    bench.main(["--cpu-interpret-smoke", "--dtypes", "bf16", "fp32"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if "fwd+bwd" in line]
+    assert len(rows) == 4
+    for row in rows:
+        diff = float(row.strip("|").split("|")[-1])
+        assert diff < (2e-2 if "bf16" in row else 1e-4), row
+
+
+@pytest.mark.parametrize("sizes", [[], ["--headdim", "16", "--dstate", "16", "--dtypes", "bf16"]])
+def test_kernels_compile_for_h100(sizes):
+    """The interpreter does not type-check kernels as the compiler does: compile each one for
+    sm_90 (no GPU needed) through the benchmark's --compile-check."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip("triton's CUDA toolchain (ptxas) is not installed")
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "scan_gpu.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run([sys.executable, str(bench), "--compile-check", *sizes], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count(" ok ") == (16 if not sizes else 8), proc.stdout
