@@ -41,9 +41,13 @@ def _cmd_tokenize(args) -> int:
         extra += "; reads filtered out: " + ", ".join(f"{k} {v:,}" for k, v in dropped.items())
     if s["empty_records"]:
         extra += f"; {s['empty_records']} empty FASTA record(s) skipped (see warnings)"
-    print(f"genossm tokenize: wrote {s['output']}: {s['contigs']:,} contigs with "
-          f"{s['bases']:,} bases ({s['n_count']:,} N, {s['iupac_count']:,} of them from IUPAC "
-          f"codes); {s['reads']:,} reads with {s['read_bases']:,} bases{extra}")
+    parts = []
+    if s["contigs"] or not s["reads"]:
+        parts.append(f"{s['contigs']:,} contigs with {s['bases']:,} bases ({s['n_count']:,} N, "
+                     f"{s['iupac_count']:,} of them from IUPAC codes)")
+    if s["reads"] or s["read_bases"]:
+        parts.append(f"{s['reads']:,} reads with {s['read_bases']:,} bases")
+    print(f"genossm tokenize: wrote {s['output']}: {'; '.join(parts)}{extra}")
     return 0
 
 

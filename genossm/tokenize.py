@@ -36,8 +36,11 @@ _NEWLINES = b"\r\n"
 # --------------------------------------------------------------------------- input sniffing
 
 
+SAM_HEADER_TAGS = (b"@HD\t", b"@SQ\t", b"@RG\t", b"@PG\t", b"@CO\t")
+
+
 def sniff_format(path: Path) -> str:
-    """'fasta', 'sam', 'bam' or 'cram', from the file's first bytes (not its name)."""
+    """'fasta', 'fastq', 'sam', 'bam' or 'cram', from the file's first bytes (not its name)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(4)
@@ -57,8 +60,10 @@ def sniff_format(path: Path) -> str:
             return "bam"
         if not head:
             raise InputError(path, "empty file (gzip holds no data)")
-    if head[:1] == b"@":
+    if head in SAM_HEADER_TAGS:
         return "sam"
+    if head[:1] == b"@":
+        return "fastq"
     return "fasta"
 
 
@@ -468,6 +473,53 @@ def tokenize_reads(path: Path, fmt: str, store: StoreWriter, filt: ReadFilter, *
     return summary
 
 
+def tokenize_fastq(path: Path, store: StoreWriter, filt: ReadFilter, *,
+                   progress: bool = True) -> ReadsSummary:
+    """Stream the reads of a FASTQ file (plain or gzip) into the store's reads group, as
+    unaligned reads (flag UNMAP, MAPQ 255 = unavailable); only ``min_length`` applies."""
+    import pysam
+
+    writer = store.reads
+    summary = ReadsSummary(path=str(path), format="fastq", first_read=writer.count,
+                           filters={"min_length": filt.min_length})
+    dropped: Counter = Counter()
+    batch: list[tuple[np.ndarray, bytes]] = []
+
+    def flush():
+        n = len(batch)
+        writer.append_batch([c for c, _ in batch], [name for _, name in batch],
+                            {"flag": [0x4] * n, "mapq": [255] * n, "reference_id": [-1] * n,
+                             "position": [-1] * n})
+        batch.clear()
+
+    number = 0
+    with pysam.FastxFile(str(path)) as fx, tqdm(unit=" reads", desc=path.name, leave=False,
+                                                disable=None if progress else True) as bar:
+        try:
+            for number, rec in enumerate(fx, start=1):
+                seq = rec.sequence or ""
+                if len(seq) < filt.min_length:
+                    dropped["length"] += 1
+                    continue
+                try:
+                    codes = alphabet.encode(seq)
+                except ValueError as e:
+                    raise InputError(path, str(e),
+                                     place=f"read {rec.name!r} (record {number})") from None
+                batch.append((codes, rec.name.encode()))
+                summary.bases += codes.size
+                if len(batch) == 16384:
+                    flush()
+                    bar.update(16384)
+        except (OSError, ValueError) as e:
+            raise InputError(path, f"malformed or truncated FASTQ ({e})",
+                             place=f"record {number + 1}") from None
+    flush()
+    summary.reads = writer.count - summary.first_read
+    summary.dropped = dict(dropped)
+    return summary
+
+
 # --------------------------------------------------------------------------- the stage
 
 
@@ -493,6 +545,8 @@ def tokenize(inputs: list[Path], output: Path, *, force: bool = False,
         for path, fmt in zip(inputs, formats, strict=True):
             if fmt == "fasta":
                 summary = tokenize_fasta(path, store, progress=progress)
+            elif fmt == "fastq":
+                summary = tokenize_fastq(path, store, read_filter, progress=progress)
             else:
                 summary = tokenize_reads(path, fmt, store, read_filter, reference=reference,
                                          threads=threads, progress=progress)

@@ -87,6 +87,19 @@ def test_invalid_characters(tmp_path, capsys, lambda_seq, bad, shown):
                    f"invalid character '{shown}' in sequence")
 
 
+def test_greater_than_inside_a_line(tmp_path, capsys, lambda_seq):
+    p = tmp_path / "gt.fa"
+    p.write_text(f">a\n{lambda_seq[:60]}\n{lambda_seq[60:70]}>{lambda_seq[71:120]}\n")
+    err = run_bad(tmp_path, capsys, p)
+    assert err.endswith(f"{p}: record 'a', line 3, column 11: invalid character '>' in sequence")
+
+
+def test_header_without_name(tmp_path, capsys, lambda_seq):
+    p = tmp_path / "noname.fa"
+    p.write_text(f">a\n{lambda_seq[:60]}\n> \n{lambda_seq[:60]}\n")
+    assert run_bad(tmp_path, capsys, p).endswith(f"{p}: line 3: header with no name")
+
+
 def test_truncated_gzip(tmp_path, capsys):
     p = tmp_path / "trunc.fa.gz"
     data = LAMBDA.read_bytes()

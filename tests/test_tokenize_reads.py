@@ -98,3 +98,35 @@ def test_fasta_and_reads_in_one_store(tmp_path):
     assert store.contig_names == ["chr1", "chr2"]
     assert store.n_reads == samtools_count(EX1_BAM, "-F", str(DEFAULT_EXCLUDE))
     assert [s["format"] for s in store.meta["sources"]] == ["fasta", "bam"]
+
+
+@pytest.fixture
+def fastq(tmp_path):
+    """The first 300 reads of ex1.bam written as FASTQ (real reads, another container)."""
+    path = tmp_path / "ex1.fq"
+    with pysam.AlignmentFile(str(EX1_BAM)) as aln, open(path, "w") as out:
+        for i, r in enumerate(aln.fetch(until_eof=True)):
+            if i == 300:
+                break
+            quals = pysam.qualities_to_qualitystring(r.query_qualities)
+            out.write(f"@{r.query_name}\n{r.query_sequence}\n+\n{quals}\n")
+    return path
+
+
+def test_fastq_reads_match_pysam(tmp_path, fastq):
+    store = tokenize_reads(tmp_path, fastq, "--min-length", "35")
+    with pysam.FastxFile(str(fastq)) as fx:
+        expected = [(r.name, r.sequence) for r in fx if len(r.sequence) >= 35]
+    got = [(name, alphabet.decode(codes)) for name, codes, _ in store.iter_reads()]
+    assert got == expected and 0 < len(got) < 300
+    assert {f["flag"] for _, _, f in store.iter_reads()} == {0x4}
+
+
+def test_truncated_fastq_is_an_error(tmp_path, fastq, capsys):
+    text = fastq.read_text()
+    fastq.write_text(text[: text.index("\n+\n", len(text) // 2) + 5])
+    out = tmp_path / "o.zarr"
+    assert main(["tokenize", str(fastq), "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"genossm: error: {fastq}: record ") and "FASTQ" in err
+    assert not out.exists()
