@@ -326,6 +326,7 @@ class TokenStore:
         self.contig_index: dict[str, str] = attrs.get("contig_index", {})
         self._group = None
         self._pid = None
+        self._arrays: dict = {}
         self._contigs: dict[str, ContigInfo] = {}
 
     # Each process opens its own handle (Zarr handles must not cross a fork).
@@ -333,6 +334,7 @@ class TokenStore:
         state = self.__dict__.copy()
         state["_group"] = None
         state["_pid"] = None
+        state["_arrays"] = {}
         return state
 
     @property
@@ -340,7 +342,15 @@ class TokenStore:
         if self._group is None or self._pid != os.getpid():
             self._group = zarr.open_group(str(self.path), mode="r", zarr_format=3)
             self._pid = os.getpid()
+            self._arrays = {}
         return self._group
+
+    def array(self, path: str):
+        """The Zarr array at ``path`` in the store, opened once per process."""
+        group = self.group
+        if path not in self._arrays:
+            self._arrays[path] = group[path]
+        return self._arrays[path]
 
     @property
     def contig_names(self) -> list[str]:
@@ -367,7 +377,7 @@ class TokenStore:
         end = info.length if end is None else end
         if not 0 <= start <= end <= info.length:
             raise IndexError(f"{name}:{start}-{end} is outside the contig (length {info.length})")
-        return self.group[f"contigs/{info.key}/{track}"][start:end]
+        return self.array(f"contigs/{info.key}/{track}")[start:end]
 
     def codes(self, name: str, start: int = 0, end: int | None = None, *,
               reverse_complement: bool = False) -> np.ndarray:
@@ -392,9 +402,8 @@ class TokenStore:
         return self.group["reads/offsets"][:] if self.has_reads else np.zeros(1, np.int64)
 
     def read_codes(self, index: int, *, reverse_complement: bool = False) -> np.ndarray:
-        offsets = self.group["reads/offsets"]
-        start, end = (int(v) for v in offsets[index:index + 2])
-        codes = self.group["reads/codes"][start:end]
+        start, end = (int(v) for v in self.array("reads/offsets")[index:index + 2])
+        codes = self.array("reads/codes")[start:end]
         return alphabet.reverse_complement(codes) if reverse_complement else codes
 
     def iter_reads(self, batch_size: int = 65536) -> Iterator[tuple[str, np.ndarray, dict]]:
