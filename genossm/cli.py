@@ -10,8 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+
+# Before torch is imported: idle OpenMP workers sleep rather than spin, which keeps the chunked
+# CPU scan (many small parallel calls) fast on machines with few or busy cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from genossm import __version__
 from genossm.errors import InputError

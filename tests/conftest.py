@@ -7,6 +7,9 @@ CPU (this machine and CI have no GPU).
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# Idle OpenMP workers sleep instead of spinning: the chunked scan makes ~1,000 small parallel
+# calls, and spinning workers steal the calling thread's core on a 2-core machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import sys
 from pathlib import Path

@@ -36,7 +36,7 @@ def _backend_fn(name):
     raise ValueError(f"unknown scan backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
 
 
-def _check_shapes(x, dt, A, B, C, D, initial_state):
+def _check_shapes(x, dt, A, B, C, D, initial_state, dt_bias=None):
     if x.dim() != 4:
         raise ValueError(f"x must be (batch, length, heads, headdim), got {tuple(x.shape)}")
     batch, length, heads, headdim = x.shape
@@ -47,7 +47,7 @@ def _check_shapes(x, dt, A, B, C, D, initial_state):
     if B.dim() != 4 or B.shape[:2] != (batch, length) or B.shape != C.shape:
         raise ValueError(f"B and C must be (batch, length, groups, dstate) alike, "
                          f"got {tuple(B.shape)} and {tuple(C.shape)}")
-    if heads % B.shape[2]:
+    if B.shape[2] == 0 or heads % B.shape[2]:
         raise ValueError(f"groups ({B.shape[2]}) must divide heads ({heads})")
     if D is not None and tuple(D.shape) not in ((heads,), (heads, headdim)):
         raise ValueError(f"D must be ({heads},) or ({heads}, {headdim}), got {tuple(D.shape)}")
@@ -55,6 +55,8 @@ def _check_shapes(x, dt, A, B, C, D, initial_state):
             batch, heads, headdim, B.shape[3]):
         raise ValueError(f"initial_state must be {(batch, heads, headdim, B.shape[3])}, "
                          f"got {tuple(initial_state.shape)}")
+    if dt_bias is not None and tuple(dt_bias.shape) != (heads,):
+        raise ValueError(f"dt_bias must be ({heads},), got {tuple(dt_bias.shape)}")
 
 
 def selective_scan(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=False,
@@ -69,7 +71,7 @@ def selective_scan(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=False,
     D (h,) or (h, p), initial_state (b, h, p, n). Returns y (b, l, h, p), or
     (y, final_state) when ``return_final_state``.
     """
-    _check_shapes(x, dt, A, B, C, D, initial_state)
+    _check_shapes(x, dt, A, B, C, D, initial_state, dt_bias)
     dt = dt.to(torch.promote_types(dt.dtype, torch.float32))
     if dt_bias is not None:
         dt = dt + dt_bias.to(dt.dtype)

@@ -1,0 +1,125 @@
+"""ModelConfig: every architecture hyper-parameter in one dataclass that round-trips through JSON.
+
+Only scalars (int, float, bool, str, None) are stored, so ``config.json`` is plain JSON (no
+``Infinity``, no tuples): an open dt limit is ``dt_limit_max = None``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from genossm import alphabet
+
+OBJECTIVES = ("clm", "mlm")
+SCAN_BACKENDS = ("auto", "ref", "torch", "triton")
+
+
+@dataclass
+class ModelConfig:
+    # sizes
+    d_model: int = 256            # residual width (per strand when rc_equivariant)
+    n_layer: int = 8
+    d_state: int = 64             # SSM state size n
+    headdim: int = 32             # p; heads = expand * d_model // headdim
+    expand: int = 2               # d_inner = expand * d_model
+    n_groups: int = 1             # B/C groups g; must divide the number of heads
+    d_conv: int = 4               # causal depthwise conv width over xBC
+    conv_bias: bool = True
+    chunk_size: int = 256         # scan chunk length (torch/triton backends)
+    vocab_size: int = alphabet.VOCAB_SIZE
+    # what the model is
+    objective: str = "clm"        # "clm": logits[t] predict token t+1; "mlm": predict token t
+    bidirectional: bool = False   # weight-tied forward + reversed pass in every block (summed)
+    rc_equivariant: bool = False  # reverse-complement equivariance by parameter sharing
+    # how it runs
+    gradient_checkpointing: bool = False  # recompute each block in backward (when training)
+    checkpoint_segment_length: int = 65536  # ... in segments of this many positions (0: whole)
+    scan_backend: str = "auto"
+    # numerics and initialisation
+    norm_eps: float = 1e-5
+    dt_min: float = 1e-3          # softplus(dt_bias) is initialised log-uniform in [dt_min, dt_max]
+    dt_max: float = 1e-1
+    dt_init_floor: float = 1e-4
+    dt_limit_min: float = 0.0     # clamp of dt after softplus; dt_limit_max None = no upper clamp
+    dt_limit_max: float | None = None
+    A_init_min: float = 1.0       # -A = exp(A_log) initialised uniform in [A_init_min, A_init_max]
+    A_init_max: float = 16.0
+    initializer_range: float = 0.02   # std of the embedding (= tied head) initialisation
+    rescale_prenorm_residual: bool = True  # out_proj init scaled by 1/sqrt(n_layer)
+
+    def __post_init__(self):
+        self.validate()
+
+    # derived sizes -----------------------------------------------------------------------
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def n_heads(self) -> int:
+        return self.d_inner // self.headdim
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of xBC, the part of in_proj's output that goes through the conv."""
+        return self.d_inner + 2 * self.n_groups * self.d_state
+
+    @property
+    def causal(self) -> bool:
+        """True when the output at position t depends only on tokens <= t (streamable)."""
+        return not (self.bidirectional or self.rc_equivariant)
+
+    # checks ----------------------------------------------------------------------------
+    def validate(self) -> None:
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise ValueError(f"invalid ModelConfig: {msg}")
+
+        for name in ("d_model", "n_layer", "d_state", "headdim", "expand", "n_groups",
+                     "d_conv", "chunk_size"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                 f"{name} must be a positive integer, got {value!r}")
+        need(isinstance(self.checkpoint_segment_length, int)
+             and self.checkpoint_segment_length >= 0,
+             "checkpoint_segment_length must be an integer >= 0")
+        need(self.objective in OBJECTIVES,
+             f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        need(self.scan_backend in SCAN_BACKENDS,
+             f"scan_backend must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
+        need(self.vocab_size == alphabet.VOCAB_SIZE,
+             f"vocab_size must be the alphabet's VOCAB_SIZE ({alphabet.VOCAB_SIZE}), "
+             f"got {self.vocab_size}")
+        need(self.d_inner % self.headdim == 0,
+             f"expand*d_model ({self.d_inner}) must be a multiple of headdim ({self.headdim})")
+        need(self.n_heads % self.n_groups == 0,
+             f"n_groups ({self.n_groups}) must divide the number of heads ({self.n_heads})")
+        # A causal LM whose output at t sees tokens after t would be handed its own target.
+        need(self.objective != "clm" or self.causal,
+             "objective 'clm' needs a causal model: bidirectional and rc_equivariant "
+             "(whose reverse strand reads right to left) are for objective 'mlm'")
+        need(0 < self.dt_min <= self.dt_max, "need 0 < dt_min <= dt_max")
+        need(self.dt_limit_max is None or self.dt_limit_max > self.dt_limit_min,
+             "dt_limit_max must be None or greater than dt_limit_min")
+        need(0 < self.A_init_min <= self.A_init_max, "need 0 < A_init_min <= A_init_max")
+
+    # JSON round trip ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        """Build from a dict as written by to_dict; unknown keys are an error (a typo in a
+        config file must not silently fall back to a default)."""
+        if not isinstance(d, dict):
+            raise TypeError(f"ModelConfig.from_dict needs a dict, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig key(s): {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)

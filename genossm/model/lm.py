@@ -1,0 +1,220 @@
+"""GenoSSM: the genome language model (embedding -> blocks -> final norm -> tied head).
+
+Logits convention: ``objective="clm"`` -> logits[:, t] predict token t+1 (shift targets by one
+in the loss); ``objective="mlm"`` -> logits[:, t] predict the (masked) token at t.
+
+Reverse-complement equivariance (``rc_equivariant``), by parameter sharing: one trunk (all
+weights shared) reads the forward strand x and the reverse strand rc(x); the reverse strand's
+hidden states are flipped back to forward coordinates, and the tied head combines the strands
+
+    logits[t, v] = <h_fwd[t], E[v]> + <h_rev[t], E[complement(v)]>
+
+so that logits(rc(x)) == rc(logits(x)), where rc of logits flips the length axis and permutes
+the vocabulary by alphabet.COMPLEMENT. (Equivalent to Caduceus-PS with strand channels kept
+apart until the head.) The reverse strand reads right to left, so such a model is not causal.
+
+Streaming (causal models only): ``state = model.initial_state(batch)`` then
+``logits, state = model(piece, state=state)`` piece after piece gives the logits of one full
+pass; the state is fixed-size (conv inputs + float32 SSM state per layer) and ``clone()``-able.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from genossm import alphabet
+from genossm.model.config import ModelConfig
+from genossm.model.mamba2 import Block, RMSNorm
+
+
+@dataclass
+class ModelState:
+    """Streaming state of a causal GenoSSM: per layer the last d_conv-1 xBC inputs
+    (b, d_conv-1, conv_dim) and the SSM state (b, heads, headdim, d_state), both float32;
+    ``offset`` counts the tokens consumed so far."""
+
+    conv: list[torch.Tensor] = field(default_factory=list)
+    ssm: list[torch.Tensor] = field(default_factory=list)
+    offset: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.ssm[0].shape[0]
+
+    def clone(self) -> ModelState:
+        """Independent copy (branch a stream, e.g. into ref and alt alleles)."""
+        return ModelState([c.clone() for c in self.conv], [s.clone() for s in self.ssm],
+                          self.offset)
+
+    def detach(self) -> ModelState:
+        """Same values, cut from the autograd graph (truncated backprop through time)."""
+        return ModelState([c.detach() for c in self.conv], [s.detach() for s in self.ssm],
+                          self.offset)
+
+    def to(self, device) -> ModelState:
+        return ModelState([c.to(device) for c in self.conv], [s.to(device) for s in self.ssm],
+                          self.offset)
+
+    def index_select(self, index) -> ModelState:
+        """Pick (or repeat) batch rows: ``state.index_select([0, 0, 0])`` makes three copies of
+        row 0, to score several alleles from one shared prefix."""
+        idx = torch.as_tensor(index, dtype=torch.long, device=self.ssm[0].device)
+        return ModelState([c.index_select(0, idx) for c in self.conv],
+                          [s.index_select(0, idx) for s in self.ssm], self.offset)
+
+
+def reverse_complement_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """rc of token ids (..., l): complement (alphabet.COMPLEMENT) then flip the last axis."""
+    comp = torch.as_tensor(alphabet.COMPLEMENT, dtype=torch.long, device=tokens.device)
+    return comp[tokens.long()].flip(-1)  # .long(): a uint8 index would act as a mask
+
+
+def reverse_complement_logits(logits: torch.Tensor) -> torch.Tensor:
+    """rc of per-position outputs (..., l, vocab): flip the length axis and permute the
+    vocabulary axis by alphabet.COMPLEMENT."""
+    comp = torch.as_tensor(alphabet.COMPLEMENT, dtype=torch.long, device=logits.device)
+    return logits.flip(-2)[..., comp]
+
+
+class GenoSSM(nn.Module):
+    """Selective-SSM language model over alphabet tokens (see the module docstring)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head.weight = self.embedding.weight  # tied: one tensor
+        comp = torch.as_tensor(alphabet.COMPLEMENT, dtype=torch.long)
+        self.register_buffer("complement", comp, persistent=False)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self):
+        cfg = self.config
+        nn.init.normal_(self.embedding.weight, std=cfg.initializer_range)
+        if cfg.rescale_prenorm_residual:  # keep the residual stream's scale independent of depth
+            for block in self.layers:
+                block.mixer.out_proj.weight /= math.sqrt(cfg.n_layer)
+
+    # --- public API -----------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor, state: ModelState | None = None, *,
+                backend: str | None = None):
+        """tokens (b, l) int -> logits (b, l, vocab), or (logits, new_state) when ``state`` is
+        given (streaming; causal models only). ``backend`` overrides config.scan_backend."""
+        if state is not None:
+            h, state = self._trunk(tokens, self.config.n_layer, state, backend)
+            return self.lm_head(h), state
+        if self.config.rc_equivariant:
+            fwd, rev = self._both_strands(tokens, self.config.n_layer, backend)
+            return self.lm_head(fwd) + self.lm_head(rev)[..., self.complement]
+        h, _ = self._trunk(tokens, self.config.n_layer, None, backend)
+        return self.lm_head(h)
+
+    def hidden_states(self, tokens: torch.Tensor, layer: int = -1,
+                      state: ModelState | None = None, *, backend: str | None = None):
+        """Residual stream after ``layer`` blocks: 0 is the embedding output, n_layer (or -1)
+        the final, normalised output the head reads; negative indices count from the end.
+        Shape (b, l, d_model), or (b, l, 2·d_model) for rc_equivariant models ([forward strand,
+        reverse strand aligned to forward coordinates]). With ``state`` returns (h, new_state);
+        all layers are then run so that the state stays complete."""
+        index = self._layer_index(layer)
+        if state is not None:
+            return self._trunk(tokens, index, state, backend)
+        if self.config.rc_equivariant:
+            return torch.cat(self._both_strands(tokens, index, backend), dim=-1)
+        return self._trunk(tokens, index, None, backend)[0]
+
+    def initial_state(self, batch_size: int, device=None) -> ModelState:
+        """Start-of-sequence streaming state (zeros)."""
+        cfg = self.config
+        if not cfg.causal:
+            raise ValueError("streaming needs a causal model (bidirectional and rc_equivariant "
+                             "models read the sequence right to left too)")
+        device = self.embedding.weight.device if device is None else device
+        conv = [torch.zeros(batch_size, cfg.d_conv - 1, cfg.conv_dim, device=device)
+                for _ in range(cfg.n_layer)]
+        ssm = [torch.zeros(batch_size, cfg.n_heads, cfg.headdim, cfg.d_state, device=device)
+               for _ in range(cfg.n_layer)]
+        return ModelState(conv, ssm, 0)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied weight counted once
+
+    def optim_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups: decay matrices and conv filters; not norms, biases,
+        A_log, D, dt_bias."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.dim() >= 2 and not getattr(p, "_no_weight_decay", False):
+                decay.append(p)
+            else:
+                no_decay.append(p)
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    # --- internals ------------------------------------------------------------------------
+    def _layer_index(self, layer: int) -> int:
+        n = self.config.n_layer
+        if not -(n + 1) <= layer <= n:
+            raise IndexError(f"layer {layer} out of range for {n} layers (0..{n} or -1..-{n + 1})")
+        return layer % (n + 1)
+
+    def _both_strands(self, tokens, index, backend):
+        """Run the shared trunk on x and rc(x) as one batch; return (fwd, rev) with rev flipped
+        back to forward coordinates."""
+        both = torch.cat([tokens, reverse_complement_tokens(tokens)], dim=0)
+        h, _ = self._trunk(both, index, None, backend)
+        fwd, rev = h.chunk(2, dim=0)
+        return fwd, rev.flip(1)
+
+    def _checkpoint_length(self, length: int) -> int:
+        """Segment length for gradient checkpointing (0 = off): only when training with
+        gradients; the whole sequence when config.checkpoint_segment_length is 0."""
+        cfg = self.config
+        if not (cfg.gradient_checkpointing and self.training and torch.is_grad_enabled()):
+            return 0
+        return cfg.checkpoint_segment_length or max(length, 1)
+
+    def _trunk(self, tokens, index, state, backend):
+        """Embedding + blocks over one strand; returns (h after ``index`` blocks, final norm
+        applied when index == n_layer; new state or None)."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, length), got {tuple(tokens.shape)}")
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise TypeError(f"tokens must be integer codes, got {tokens.dtype}")
+        n = self.config.n_layer
+        if state is not None:
+            if not self.config.causal:
+                raise ValueError("streaming needs a causal model (not bidirectional, not "
+                                 "rc_equivariant)")
+            if len(state.ssm) != n or state.batch_size != tokens.shape[0]:
+                raise ValueError(f"state is for {len(state.ssm)} layers x batch "
+                                 f"{state.batch_size}, tokens are batch {tokens.shape[0]}")
+        h = self.embedding(tokens.long())
+        out = h if index == 0 else None
+        new_state = None
+        if state is not None:
+            new_state = ModelState(offset=state.offset + tokens.shape[1])
+        ckpt = self._checkpoint_length(tokens.shape[1])
+        for i, block in enumerate(self.layers):
+            if state is None:
+                if i >= index:
+                    break
+                h = block(h, backend=backend, checkpoint_length=ckpt)
+            else:
+                h, (conv, ssm) = block(h, (state.conv[i], state.ssm[i]), return_state=True,
+                                       backend=backend, checkpoint_length=ckpt)
+                new_state.conv.append(conv)
+                new_state.ssm.append(ssm)
+            if i + 1 == index:
+                out = h
+        if index == n:
+            out = self.norm_f(out)
+        return out, new_state

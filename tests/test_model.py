@@ -1,0 +1,367 @@
+"""The model: config round trip, model directory, RC equivariance, bidirectional consistency,
+streaming == full pass, gradient checkpointing, tied head, autocast, and overfitting real DNA."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genossm import alphabet
+from genossm.model import (
+    GenoSSM,
+    ModelConfig,
+    load_model,
+    read_model_info,
+    reverse_complement_logits,
+    reverse_complement_tokens,
+    save_model,
+)
+from helpers import LAMBDA
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is as fast, and much steadier on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(d_model=32, n_layer=2, d_state=8, headdim=16, expand=2, n_groups=1,
+                chunk_size=16)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def make(seed=0, **kw) -> GenoSSM:
+    torch.manual_seed(seed)
+    model = GenoSSM(tiny(**kw)).eval()
+    with torch.no_grad():  # non-trivial values everywhere (init leaves some at 0 or 1)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def tokens(batch, length, seed=1, high=alphabet.NUM_BASE_CODES):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, high, (batch, length), generator=g)
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+# --- config ---------------------------------------------------------------------------------
+
+def test_config_json_round_trip():
+    cfg = tiny(objective="mlm", bidirectional=True, rc_equivariant=True, dt_limit_max=0.5,
+               scan_backend="ref")
+    again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    assert ModelConfig.from_dict(json.loads(json.dumps(ModelConfig().to_dict()))) == ModelConfig()
+
+
+def test_config_rejects_unknown_and_bad_values():
+    d = tiny().to_dict()
+    d["d_modle"] = 64
+    with pytest.raises(ValueError, match="unknown ModelConfig key.*d_modle"):
+        ModelConfig.from_dict(d)
+    with pytest.raises(ValueError, match="objective"):
+        tiny(objective="gpt")
+    with pytest.raises(ValueError, match="causal"):
+        tiny(objective="clm", bidirectional=True)
+    with pytest.raises(ValueError, match="headdim"):
+        tiny(headdim=24)
+    with pytest.raises(ValueError, match="vocab_size"):
+        tiny(vocab_size=8)
+
+
+# --- model directory ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw", [{}, {"objective": "mlm", "bidirectional": True,
+                                     "rc_equivariant": True}])
+def test_save_load_identical_logits(tmp_path, kw):
+    model = make(**kw)
+    x = tokens(2, 50)
+    save_model(model, tmp_path / "m", extra={"training_data": {"bases": 123}})
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json",
+                                                                   "model.safetensors"]
+    info = read_model_info(tmp_path / "m")
+    assert info["alphabet"] == "ACGTN" and info["training_data"] == {"bases": 123}
+    assert "genossm_version" in info and ModelConfig.from_dict(info["model"]) == model.config
+    loaded = load_model(tmp_path / "m")
+    assert loaded.lm_head.weight is loaded.embedding.weight
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    with pytest.raises(ValueError, match="reserved"):
+        save_model(model, tmp_path / "n", extra={"model": 1})
+
+
+def test_load_rejects_mismatched_weights(tmp_path):
+    save_model(make(), tmp_path)
+    info = json.loads((tmp_path / "config.json").read_text())
+    info["model"]["d_model"] = 64
+    (tmp_path / "config.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="do not match|size mismatch"):
+        load_model(tmp_path)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    """A crash while writing leaves neither a half-written file nor a temporary one."""
+    import genossm.model.io as model_io
+
+    def crash(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model_io, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(make(), tmp_path / "m")
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+# --- head, shapes ---------------------------------------------------------------------------
+
+def test_tied_head_and_hidden_states():
+    model = make()
+    assert model.lm_head.weight is model.embedding.weight
+    names = [n for n, _ in model.named_parameters()]
+    assert "lm_head.weight" not in names  # one tensor, counted once
+    x = tokens(2, 20)
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (2, 20, alphabet.VOCAB_SIZE)
+        final = model.hidden_states(x, layer=-1)
+        torch.testing.assert_close(final @ model.embedding.weight.T, logits)
+        assert torch.equal(model.hidden_states(x, layer=0), model.embedding(x))
+        assert model.hidden_states(x, layer=1).shape == (2, 20, 32)
+        assert torch.equal(model.hidden_states(x, layer=2), final)
+        assert torch.equal(model(x.to(torch.uint8)), logits)  # codes straight from a store
+    with pytest.raises(IndexError):
+        model.hidden_states(x, layer=3)
+
+
+# --- reverse-complement equivariance --------------------------------------------------------
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_rc_equivariance(bidirectional):
+    model = make(objective="mlm", rc_equivariant=True, bidirectional=bidirectional, n_groups=2)
+    x = tokens(3, 41, high=alphabet.VOCAB_SIZE)  # N and MASK included
+    with torch.no_grad():
+        out, out_rc = model(x), model(reverse_complement_tokens(x))
+        h, h_rc = model.hidden_states(x, layer=1), model.hidden_states(
+            reverse_complement_tokens(x), layer=1)
+    assert rel_err(out_rc, reverse_complement_logits(out)) <= 1e-5
+    # hidden states: the two strands swap and flip
+    d = model.config.d_model
+    swapped = torch.cat([h[..., d:], h[..., :d]], dim=-1).flip(1)
+    assert rel_err(h_rc, swapped) <= 1e-5
+    # and the model is not trivially symmetric
+    assert rel_err(out_rc, out) > 1e-3
+
+
+def test_rc_helpers():
+    x = torch.tensor([[0, 1, 2, 3, 4, 5]])
+    assert reverse_complement_tokens(x).tolist() == [[5, 4, 0, 1, 2, 3]]
+    assert reverse_complement_tokens(x.to(torch.uint8)).tolist() == [[5, 4, 0, 1, 2, 3]]
+    logits = torch.arange(12.0).reshape(1, 2, 6)
+    rc = reverse_complement_logits(logits)
+    assert rc[0, 0].tolist() == [9, 8, 7, 6, 10, 11]
+
+
+# --- bidirectional ----------------------------------------------------------------------------
+
+def test_bidirectional_is_tied_forward_plus_reversed():
+    model = make(objective="mlm", bidirectional=True)
+    x = tokens(2, 33)
+    with torch.no_grad():
+        h = model.embedding(x)
+        for block in model.layers:  # by hand, with the block's one shared mixer
+            u = block.norm(h)
+            h = h + block.mixer(u) + block.mixer(u.flip(1)).flip(1)
+        manual = model.lm_head(model.norm_f(h))
+        assert rel_err(model(x), manual) <= 1e-6
+        # reversing the input reverses the output of a bidirectional model
+        assert rel_err(model(x.flip(1)), model(x).flip(1)) <= 1e-5
+
+
+def test_causal_model_is_causal():
+    model = make()
+    x = tokens(1, 40)
+    y = x.clone()
+    y[0, 25:] = (y[0, 25:] + 1) % 4
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    assert torch.allclose(a[:, :25], b[:, :25], atol=1e-6)
+    assert not torch.allclose(a[:, 25:], b[:, 25:], atol=1e-4)
+
+
+# --- streaming ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pieces", [
+    [1] * 40,                      # one token at a time
+    [1, 2, 1, 5, 3, 17, 11],       # pieces shorter than d_conv - 1, ragged
+    [16, 16, 8],                   # chunk multiples and a tail
+    [39, 1],
+    [23, 17],
+])
+def test_streaming_equals_full_pass(pieces):
+    model = make(n_groups=2)
+    x = tokens(2, 40)
+    with torch.no_grad():
+        full = model(x)
+        full_h = model.hidden_states(x, layer=1)
+        state = model.initial_state(2)
+        outs, hs, start = [], [], 0
+        for n in pieces:
+            piece = x[:, start:start + n]
+            h, _ = model.hidden_states(piece, layer=1, state=state.clone())
+            logits, state = model(piece, state=state)
+            outs.append(logits)
+            hs.append(h)
+            start += n
+    assert start == 40 and state.offset == 40
+    assert rel_err(torch.cat(outs, 1), full) <= 1e-5
+    assert rel_err(torch.cat(hs, 1), full_h) <= 1e-5
+
+
+def test_streaming_state_is_fixed_size_and_cloneable():
+    model = make()
+    x = tokens(1, 30)
+    with torch.no_grad():
+        state = model.initial_state(1)
+        _, state = model(x[:, :10], state=state)
+        sizes = [t.shape for t in state.conv + state.ssm]
+        branch = state.clone()
+        ref, s1 = model(x[:, 10:], state=state)
+        _, s2 = model(x[:, 10:20], state=s1)
+        assert [t.shape for t in s2.conv + s2.ssm] == sizes
+        assert all(t.dtype == torch.float32 for t in s2.conv + s2.ssm)
+        again, _ = model(x[:, 10:], state=branch)  # state was not modified in place
+        assert torch.equal(ref, again)
+        # branch one prefix into three rows (e.g. ref / alt alleles)
+        three = state.index_select([0, 0, 0])
+        alt = x[:, 10:].repeat(3, 1)
+        alt[1, 0], alt[2, 0] = (alt[1, 0] + 1) % 4, (alt[2, 0] + 2) % 4
+        out3, _ = model(alt, state=three)
+        torch.testing.assert_close(out3[:1], ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="causal"):
+        make(objective="mlm", bidirectional=True).initial_state(1)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_scan_backends_agree_with_ref(backend):
+    """The model on the chunked backends equals the model on the sequential definition: full
+    pass, streaming, and parameter gradients."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    model = make(n_groups=2).train()
+    x = tokens(2, 40)
+
+    def run(b):
+        model.zero_grad()
+        out = model(x, backend=b)
+        out.logsumexp(-1).mean().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    ref, ref_grads = run("ref")
+    out, grads = run(backend)
+    assert rel_err(out, ref) <= 1e-5
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    with torch.no_grad():
+        state = model.initial_state(2)
+        a, state = model(x[:, :13], state=state, backend=backend)
+        b, _ = model(x[:, 13:], state=state, backend=backend)
+    assert rel_err(torch.cat([a, b], 1), ref) <= 1e-5
+
+
+# --- gradient checkpointing, autocast -------------------------------------------------------
+
+@pytest.mark.parametrize("segment", [0, 20])
+@pytest.mark.parametrize("kw", [{}, {"objective": "mlm", "bidirectional": True,
+                                     "rc_equivariant": True}])
+def test_gradient_checkpointing_same_gradients(kw, segment):
+    """Per-block checkpointing, over the whole sequence (segment 0) or in segments of 20 that
+    carry the conv/SSM state (48 = 20 + 20 + 8, not multiples of chunk_size 16)."""
+    x = tokens(2, 48)
+    grads = []
+    for ckpt in (False, True):
+        model = make(gradient_checkpointing=ckpt, checkpoint_segment_length=segment, **kw)
+        model.train()
+        logits = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1))
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_autocast_bf16_forward_keeps_float32_state():
+    model = make()
+    x = tokens(2, 40)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    x = x.to(device)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            out = model(x)
+            _, state = model(x, state=model.initial_state(2))
+    assert torch.isfinite(out).all()
+    assert rel_err(out.float(), ref) < 0.1
+    assert all(s.dtype == torch.float32 for s in state.ssm + state.conv)
+    # training step under autocast, with segmented checkpointing
+    model.config.gradient_checkpointing, model.config.checkpoint_segment_length = True, 16
+    model.train()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        loss = model(x).float().logsumexp(-1).mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# --- learning ---------------------------------------------------------------------------------
+
+def read_lambda(n: int) -> torch.Tensor:
+    with gzip.open(LAMBDA, "rt") as f:
+        lines = f.read().splitlines()
+    assert lines[0].startswith(">")
+    seq = "".join(lines[1:]).upper()[:n]
+    return torch.from_numpy(alphabet.encode(seq).astype(np.int64))[None]
+
+
+def test_tiny_causal_model_overfits_2kb_of_lambda():
+    x = read_lambda(2000)
+    assert x.shape == (1, 2000)
+    torch.manual_seed(0)
+    model = GenoSSM(ModelConfig(d_model=64, n_layer=2, d_state=16, headdim=16, chunk_size=64))
+    opt = torch.optim.AdamW(model.optim_groups(0.0), lr=3e-3)
+
+    def bits_per_base():  # clm: logits at t predict token t+1
+        logits = model(x[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+        return loss, loss.item() / math.log(2)
+
+    first = None
+    for step in range(300):
+        loss, bpb = bits_per_base()
+        first = bpb if first is None else first
+        if bpb < 0.08 or step == 299:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        _, bpb = bits_per_base()
+    assert first > 1.9  # started near 2 bits/base
+    assert bpb < 0.1, f"did not overfit: {bpb:.3f} bits/base after {step} steps"  # ~66 steps
