@@ -46,29 +46,53 @@ def _compressor() -> BloscCodec:
 
 
 class _WritePool:
-    """Writes buffers into Zarr arrays on background threads, so that compression overlaps
-    with parsing; at most ``max_pending`` buffers are in flight (bounded memory)."""
+    """Runs Zarr work off the parsing thread.
+
+    Metadata operations (creating groups and arrays, resizing, attributes) run in submission
+    order on one thread; each costs milliseconds in Zarr, which adds up over many contigs.
+    Chunk writes (compression included) run on ``threads`` threads, each after the metadata
+    operation it depends on. At most ``max_pending`` buffers are in flight (bounded memory).
+    """
 
     def __init__(self, threads: int):
-        self.executor = ThreadPoolExecutor(max_workers=max(1, threads),
-                                           thread_name_prefix="genossm-write")
+        self.data = ThreadPoolExecutor(max_workers=max(1, threads),
+                                       thread_name_prefix="genossm-write")
+        self.meta = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genossm-meta")
         self.max_pending = max(2, 2 * threads)
         self.pending: deque[Future] = deque()
+        self.meta_pending: list[Future] = []
 
-    def submit(self, array, start: int, values: np.ndarray) -> None:
+    def metadata(self, fn, *args) -> Future:
+        self.meta_pending = [f for f in self.meta_pending if not f.done() or f.exception()]
+        future = self.meta.submit(fn, *args)
+        self.meta_pending.append(future)
+        return future
+
+    def write(self, array: Future, ready: Future, start: int, values: np.ndarray) -> Future:
         while len(self.pending) >= self.max_pending:
             self.pending.popleft().result()
-        self.pending.append(self.executor.submit(array.__setitem__, slice(start, start +
-                                                 values.size), values))
+
+        def task():
+            ready.result()
+            array.result()[start:start + values.size] = values
+
+        future = self.data.submit(task)
+        self.pending.append(future)
+        return future
 
     def drain(self) -> None:
+        """Wait for everything submitted; raise the first error."""
         while self.pending:
             self.pending.popleft().result()
+        for f in self.meta_pending:
+            f.result()
+        self.meta_pending = []
 
     def close(self) -> None:
-        for f in self.pending:
+        for f in [*self.pending, *self.meta_pending]:
             f.cancel()
-        self.executor.shutdown(wait=True)
+        self.data.shutdown(wait=True)
+        self.meta.shutdown(wait=True)
         self.pending.clear()
 
 
@@ -76,11 +100,19 @@ class _Appender:
     """Appends to a 1-D Zarr array through buffers of whole chunks. The array grows
     geometrically while writing and is trimmed to its exact length by :meth:`close`."""
 
-    def __init__(self, group, name: str, dtype, chunk_size: int, buffer_chunks: int,
+    def __init__(self, group: Future, name: str, dtype, chunk_size: int, buffer_chunks: int,
                  pool: _WritePool, fill_value=0):
-        self.array = group.create_array(name, shape=(0,), chunks=(chunk_size,), dtype=dtype,
-                                        compressors=[_compressor()], fill_value=fill_value)
         self.pool = pool
+        # write_empty_chunks: skip Zarr's per-chunk comparison with the fill value (it costs
+        # several times the compression); buffers known to hold only the fill value are not
+        # written at all (see append_constant).
+        self.array = pool.metadata(lambda: group.result().create_array(
+            name, shape=(0,), chunks=(chunk_size,), dtype=dtype, compressors=[_compressor()],
+            fill_value=fill_value, config={"write_empty_chunks": True}))
+        self.fill_value = fill_value
+        self.only_fill = True   # the buffer holds nothing but fill_value so far
+        self.ready = self.array
+        self.writes: list[Future] = []
         self.buffer_len = chunk_size * buffer_chunks
         self.buffer = np.empty(self.buffer_len, dtype=dtype)
         self.filled = 0
@@ -92,6 +124,7 @@ class _Appender:
         while values.size:
             take = min(values.size, self.buffer_len - self.filled)
             self.buffer[self.filled:self.filled + take] = values[:take]
+            self.only_fill = False
             self.filled += take
             values = values[take:]
             if self.filled == self.buffer_len:
@@ -102,10 +135,15 @@ class _Appender:
         while count:
             take = min(count, self.buffer_len - self.filled)
             self.buffer[self.filled:self.filled + take] = value
+            self.only_fill = self.only_fill and value == self.fill_value
             self.filled += take
             count -= take
             if self.filled == self.buffer_len:
                 self._flush()
+
+    def _resize(self, length: int) -> Future:
+        array = self.array
+        return self.pool.metadata(lambda: array.result().resize((length,)))
 
     def _flush(self) -> None:
         if not self.filled:
@@ -113,18 +151,29 @@ class _Appender:
         end = self.written + self.filled
         if end > self.capacity:
             self.capacity = max(end, 2 * self.capacity)
-            self.array.resize((self.capacity,))
-        self.pool.submit(self.array, self.written, self.buffer[:self.filled])
-        self.buffer = np.empty(self.buffer_len, dtype=self.buffer.dtype)
+            self.ready = self._resize(self.capacity)
+        if not self.only_fill:  # chunks never written read back as fill_value
+            self.writes = [f for f in self.writes if not f.done() or f.exception()]
+            self.writes.append(self.pool.write(self.array, self.ready, self.written,
+                                               self.buffer[:self.filled]))
+            self.buffer = np.empty(self.buffer_len, dtype=self.buffer.dtype)
         self.written, self.filled = end, 0
+        self.only_fill = True
 
-    def close(self) -> None:
-        """Write what is buffered, wait for it, and trim the array to its length."""
+    def close(self) -> Future:
+        """Write what is buffered, then (once those writes are done) trim the array to its
+        length. Returns the future of the trim."""
         self._flush()
-        self.pool.drain()
-        if self.capacity != self.written:
-            self.array.resize((self.written,))
-            self.capacity = self.written
+        writes, array, length = self.writes, self.array, self.written
+
+        def trim():
+            for f in writes:
+                f.result()
+            if array.result().shape != (length,):
+                array.result().resize((length,))
+
+        self.writes = []
+        return self.pool.metadata(trim)
 
     @property
     def length(self) -> int:
@@ -136,7 +185,8 @@ class ContigWriter:
 
     def __init__(self, group, key: str, name: str, chunk_size: int, buffer_chunks: int,
                  pool: _WritePool):
-        self.group = group.create_group(f"contigs/{key}")
+        self.pool = pool
+        self.group = pool.metadata(group.create_group, f"contigs/{key}")
         self.key, self.name = key, name
         self.codes = _Appender(self.group, "codes", np.uint8, chunk_size, buffer_chunks, pool,
                                fill_value=alphabet.N)
@@ -152,10 +202,18 @@ class ContigWriter:
             self.softmask.append(softmask)
 
     def finish(self, **attrs) -> dict:
-        self.codes.close()
-        self.softmask.close()
+        """Close both tracks and set the contig's attributes (done in the background; the
+        store's commit waits for it)."""
+        trims = [self.codes.close(), self.softmask.close()]
         attrs = {"name": self.name, "length": self.codes.length, **attrs}
-        self.group.attrs.update(attrs)
+        group = self.group
+
+        def set_attrs():
+            for f in trims:
+                f.result()
+            group.result().attrs.update(attrs)
+
+        self.pool.metadata(set_attrs)
         return attrs
 
 
@@ -163,7 +221,8 @@ class ReadsWriter:
     """Streams reads (concatenated codes, offsets, names and alignment fields) into ``reads``."""
 
     def __init__(self, group, chunk_size: int, buffer_chunks: int, pool: _WritePool):
-        self.group = group.require_group("reads")
+        self.pool = pool
+        self.group = pool.metadata(group.require_group, "reads")
         self.codes = _Appender(self.group, "codes", np.uint8, chunk_size, buffer_chunks, pool,
                                fill_value=alphabet.N)
         small = max(1, chunk_size // 8)
@@ -200,11 +259,18 @@ class ReadsWriter:
         self.count += len(codes)
 
     def finish(self) -> None:
-        for appender in (self.codes, self.offsets, self.name_chars, self.name_offsets,
-                         *self.fields.values()):
-            appender.close()
-        self.group.attrs.update({"n_reads": self.count, "n_bases": self.codes.length,
-                                 "references": self.references})
+        trims = [a.close() for a in (self.codes, self.offsets, self.name_chars,
+                                     self.name_offsets, *self.fields.values())]
+        attrs = {"n_reads": self.count, "n_bases": self.codes.length,
+                 "references": list(self.references)}
+        group = self.group
+
+        def set_attrs():
+            for f in trims:
+                f.result()
+            group.result().attrs.update(attrs)
+
+        self.pool.metadata(set_attrs)
 
 
 class StoreWriter:
@@ -256,10 +322,18 @@ class StoreWriter:
         return ContigWriter(self.group, key, name, self.chunk_size, self.buffer_chunks,
                             self.pool)
 
-    def drop_contig(self, name: str) -> None:
+    def drop_contig(self, name: str, writer: ContigWriter) -> None:
         """Remove a contig that was started but turned out unusable (e.g. empty)."""
         key = self.contig_index.pop(name)
-        del self.group["contigs"][key]
+        trims = [writer.codes.close(), writer.softmask.close()]
+        contigs = self.group["contigs"]
+
+        def delete():
+            for f in trims:
+                f.result()
+            del contigs[key]
+
+        self.pool.metadata(delete)
 
     @property
     def reads(self) -> ReadsWriter:

@@ -320,7 +320,7 @@ class _FastaTokenizer:
             line = line_at(self.path, rec.offset)
             log.warning("%s: record %r (line %d) has no sequence; skipped", self.path, rec.name,
                         line)
-            self.store.drop_contig(rec.name)
+            self.store.drop_contig(rec.name, rec.writer)
             self.summary.empty_records.append(f"{rec.name} (line {line})")
             return
         rec.writer.finish(n_count=rec.n_count, iupac_count=rec.iupac_count,
