@@ -68,6 +68,15 @@ class _WritePool:
         self.meta_pending.append(future)
         return future
 
+    def set_attrs(self, group: Future, attrs: dict, *, after: list[Future]) -> Future:
+        """Update a group's attributes once the operations ``after`` are done."""
+        def task():
+            for f in after:
+                f.result()
+            group.result().attrs.update(attrs)
+
+        return self.metadata(task)
+
     def write(self, array: Future, ready: Future, start: int, values: np.ndarray) -> Future:
         while len(self.pending) >= self.max_pending:
             self.pending.popleft().result()
@@ -206,14 +215,7 @@ class ContigWriter:
         store's commit waits for it)."""
         trims = [self.codes.close(), self.softmask.close()]
         attrs = {"name": self.name, "length": self.codes.length, **attrs}
-        group = self.group
-
-        def set_attrs():
-            for f in trims:
-                f.result()
-            group.result().attrs.update(attrs)
-
-        self.pool.metadata(set_attrs)
+        self.pool.set_attrs(self.group, attrs, after=trims)
         return attrs
 
 
@@ -263,14 +265,7 @@ class ReadsWriter:
                                      self.name_offsets, *self.fields.values())]
         attrs = {"n_reads": self.count, "n_bases": self.codes.length,
                  "references": list(self.references)}
-        group = self.group
-
-        def set_attrs():
-            for f in trims:
-                f.result()
-            group.result().attrs.update(attrs)
-
-        self.pool.metadata(set_attrs)
+        self.pool.set_attrs(self.group, attrs, after=trims)
 
 
 class StoreWriter:

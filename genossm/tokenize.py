@@ -422,10 +422,7 @@ def tokenize_reads(path: Path, fmt: str, store: StoreWriter, filt: ReadFilter, *
                 raise InputError(path, f"bad region {filt.region!r} ({e})") from None
         else:
             it = aln.fetch(until_eof=True)
-        batch_codes, batch_names = [], []
-        batch_fields = {"flag": [], "mapq": [], "reference_id": [], "position": []}
-        bar = tqdm(unit=" reads", desc=path.name, disable=None if progress else True,
-                   leave=False)
+        batch = _ReadBatcher(path, writer, summary, progress)
         number = 0
         try:
             for read in it:
@@ -443,31 +440,19 @@ def tokenize_reads(path: Path, fmt: str, store: StoreWriter, filt: ReadFilter, *
                 if len(seq) < filt.min_length:
                     dropped["length"] += 1
                     continue
-                try:
-                    codes = alphabet.encode(seq)
-                except ValueError as e:
-                    raise InputError(path, str(e),
-                                     place=f"read {read.query_name!r} (record {number})") from None
-                batch_codes.append(codes)
-                batch_names.append(read.query_name.encode())
-                batch_fields["flag"].append(read.flag)
-                batch_fields["mapq"].append(read.mapping_quality)
-                batch_fields["reference_id"].append(
-                    writer.reference_id(read.reference_name if read.reference_id >= 0 else None))
-                batch_fields["position"].append(
-                    read.reference_start if not read.is_unmapped else -1)
-                summary.bases += codes.size
-                if len(batch_codes) == 16384:
-                    writer.append_batch(batch_codes, batch_names, batch_fields)
-                    bar.update(len(batch_codes))
-                    batch_codes, batch_names = [], []
-                    batch_fields = {k: [] for k in batch_fields}
+                mapped = not read.is_unmapped
+                batch.add(number, read.query_name, seq, flag=read.flag,
+                          mapq=read.mapping_quality,
+                          reference_id=writer.reference_id(
+                              read.reference_name if read.reference_id >= 0 else None),
+                          position=read.reference_start if mapped else -1)
         except OSError as e:
             raise InputError(path, f"truncated or corrupt {fmt.upper()} ({e})",
                              place=f"after record {number}") from None
+        else:
+            batch.flush()
         finally:
-            bar.close()
-        writer.append_batch(batch_codes, batch_names, batch_fields)
+            batch.close()
     summary.reads = writer.count - summary.first_read
     summary.dropped = dict(dropped)
     return summary
@@ -483,41 +468,65 @@ def tokenize_fastq(path: Path, store: StoreWriter, filt: ReadFilter, *,
     summary = ReadsSummary(path=str(path), format="fastq", first_read=writer.count,
                            filters={"min_length": filt.min_length})
     dropped: Counter = Counter()
-    batch: list[tuple[np.ndarray, bytes]] = []
-
-    def flush():
-        n = len(batch)
-        writer.append_batch([c for c, _ in batch], [name for _, name in batch],
-                            {"flag": [0x4] * n, "mapq": [255] * n, "reference_id": [-1] * n,
-                             "position": [-1] * n})
-        batch.clear()
-
+    batch = _ReadBatcher(path, writer, summary, progress)
     number = 0
-    with pysam.FastxFile(str(path)) as fx, tqdm(unit=" reads", desc=path.name, leave=False,
-                                                disable=None if progress else True) as bar:
+    with pysam.FastxFile(str(path)) as fx:
         try:
             for number, rec in enumerate(fx, start=1):
                 seq = rec.sequence or ""
                 if len(seq) < filt.min_length:
                     dropped["length"] += 1
                     continue
-                try:
-                    codes = alphabet.encode(seq)
-                except ValueError as e:
-                    raise InputError(path, str(e),
-                                     place=f"read {rec.name!r} (record {number})") from None
-                batch.append((codes, rec.name.encode()))
-                summary.bases += codes.size
-                if len(batch) == 16384:
-                    flush()
-                    bar.update(16384)
+                batch.add(number, rec.name, seq, flag=0x4, mapq=255, reference_id=-1,
+                          position=-1)
         except (OSError, ValueError) as e:
             raise InputError(path, f"malformed or truncated FASTQ ({e})",
                              place=f"record {number + 1}") from None
-    flush()
+        else:
+            batch.flush()
+        finally:
+            batch.close()
     summary.reads = writer.count - summary.first_read
     summary.dropped = dict(dropped)
     return summary
+
+
+class _ReadBatcher:
+    """Encodes reads and hands them to the store's reads writer in batches."""
+
+    SIZE = 16384
+
+    def __init__(self, path: Path, writer, summary: ReadsSummary, progress: bool):
+        self.path, self.writer, self.summary = path, writer, summary
+        self.bar = tqdm(unit=" reads", desc=path.name, leave=False,
+                        disable=None if progress else True)
+        self._reset()
+
+    def _reset(self):
+        self.codes, self.names = [], []
+        self.fields = {"flag": [], "mapq": [], "reference_id": [], "position": []}
+
+    def add(self, number: int, name: str, seq: str, **fields) -> None:
+        try:
+            codes = alphabet.encode(seq)
+        except ValueError as e:
+            raise InputError(self.path, str(e),
+                             place=f"read {name!r} (record {number})") from None
+        self.codes.append(codes)
+        self.names.append(name.encode())
+        for key, value in fields.items():
+            self.fields[key].append(value)
+        self.summary.bases += codes.size
+        if len(self.codes) == self.SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        self.writer.append_batch(self.codes, self.names, self.fields)
+        self.bar.update(len(self.codes))
+        self._reset()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 # --------------------------------------------------------------------------- the stage
