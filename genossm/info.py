@@ -22,7 +22,7 @@ def store_summary(path) -> dict:
         "total_bases": sum(c["length"] for c in contigs),
         "total_n": sum(c["n_count"] for c in contigs),
         "reads": store.n_reads,
-        "read_bases": int(store.read_offsets()[-1]),
+        "read_bases": store.n_read_bases,
     }
 
 

@@ -235,17 +235,13 @@ class ReadsWriter:
         self.name_offsets.append(np.zeros(1, dtype=np.int64))
         self.fields = {f: _Appender(self.group, f, dt, small, 1, pool)
                        for f, dt in READ_FIELDS.items()}
-        self.references: list[str] = []
-        self._reference_ids: dict[str, int] = {}
+        self.reference_ids: dict[str, int] = {}   # name -> index, in order of first use
         self.count = 0
 
     def reference_id(self, name: str | None) -> int:
         if name is None:
             return -1
-        if name not in self._reference_ids:
-            self._reference_ids[name] = len(self.references)
-            self.references.append(name)
-        return self._reference_ids[name]
+        return self.reference_ids.setdefault(name, len(self.reference_ids))
 
     def append_batch(self, codes: list[np.ndarray], names: list[bytes], fields: dict) -> None:
         if not codes:
@@ -264,7 +260,7 @@ class ReadsWriter:
         trims = [a.close() for a in (self.codes, self.offsets, self.name_chars,
                                      self.name_offsets, *self.fields.values())]
         attrs = {"n_reads": self.count, "n_bases": self.codes.length,
-                 "references": list(self.references)}
+                 "references": list(self.reference_ids)}
         self.pool.set_attrs(self.group, attrs, after=trims)
 
 
@@ -286,7 +282,6 @@ class StoreWriter:
         self.buffer_chunks = max(1, buffer_chunks)
         self.threads = max(1, threads)
         self.pool: _WritePool | None = None
-        self.force = force
         self.tmp_path = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
         self.group = None
         self.contig_index: dict[str, str] = {}
@@ -466,6 +461,10 @@ class TokenStore:
     @property
     def n_reads(self) -> int:
         return int(self.group["reads"].attrs["n_reads"]) if self.has_reads else 0
+
+    @property
+    def n_read_bases(self) -> int:
+        return int(self.group["reads"].attrs["n_bases"]) if self.has_reads else 0
 
     def read_offsets(self) -> np.ndarray:
         return self.group["reads/offsets"][:] if self.has_reads else np.zeros(1, np.int64)

@@ -52,9 +52,9 @@ def sniff_format(path: Path) -> str:
         return "cram"
     if head[:2] == GZIP_MAGIC:
         try:
-            with gzip.open(path, "rb") as fh:
-                head = fh.read(4)
-        except (OSError, EOFError, zlib.error):
+            with open(path, "rb") as raw:
+                head = _open_decompressed(raw).read(4)
+        except _DECOMPRESS_ERRORS:
             raise InputError(path, "truncated or corrupt gzip data at the start") from None
         if head == b"BAM\x01":
             return "bam"

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
-import sys
 from pathlib import Path
 
 import pysam
@@ -45,13 +43,3 @@ def write_fasta(path: Path, records, *, width: int = 60, newline: str = "\n",
     else:
         path.write_bytes(data)
     return path
-
-
-@contextlib.contextmanager
-def captured_stderr():
-    old = sys.stderr
-    sys.stderr = io.StringIO()
-    try:
-        yield sys.stderr
-    finally:
-        sys.stderr = old

@@ -74,17 +74,24 @@ class _Sizes:
         self.nblk = triton.cdiv(self.pn, _STATE_BLOCK)
 
 
+def _chunk_states(rows, mat, dt, s, z: _Sizes, *, forward: bool):
+    """Per-chunk (headdim x dstate) sums: each chunk's own end state from (x, B) going
+    forward, or the gradient of the state entering each chunk from (dy, C) going backward."""
+    out = torch.empty(z.b * z.h, z.nc, z.p, z.n, device=rows.device, dtype=torch.float32)
+    ssd.chunk_state_kernel[(z.b * z.h, z.nc)](
+        rows, mat, dt, s, out, z.l, z.h, z.nc, z.hpg, z.p, z.n,
+        *rows.stride(), *mat.stride(), *dt.stride(),
+        Q=z.q, BT=z.bt, BP=z.bp, BN=z.bn, FORWARD=forward, DOT=z.dot, PREC=z.prec,
+        num_warps=z.warps)
+    return out
+
+
 def _forward(x, dt, A, B, C, D, init, z: _Sizes):
     bh = z.b * z.h
     f32 = dict(device=x.device, dtype=torch.float32)
     s = torch.empty(bh, z.nc * z.q, **f32)
     ssd.cumsum_kernel[(bh, z.nc)](dt, A, s, z.l, z.h, z.nc, *dt.stride(), Q=z.q)
-    own = torch.empty(bh, z.nc, z.p, z.n, **f32)
-    ssd.chunk_state_kernel[(bh, z.nc)](
-        x, B, dt, s, own, z.l, z.h, z.nc, z.hpg, z.p, z.n,
-        *x.stride(), *B.stride(), *dt.stride(),
-        Q=z.q, BT=z.bt, BP=z.bp, BN=z.bn, FORWARD=True, DOT=z.dot, PREC=z.prec,
-        num_warps=z.warps)
+    own = _chunk_states(x, B, dt, s, z, forward=True)
     states = torch.empty_like(own)
     final = torch.empty(z.b, z.h, z.p, z.n, **f32)
     ssd.state_pass_fwd_kernel[(bh, z.nblk)](
@@ -105,12 +112,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, s, states, z: _Sizes):
     bh = z.b * z.h
     f32 = dict(device=x.device, dtype=torch.float32)
     # Gradient of the state entering each chunk from that chunk's own outputs.
-    g_own = torch.empty(bh, z.nc, z.p, z.n, **f32)
-    ssd.chunk_state_kernel[(bh, z.nc)](
-        dy, C, dt, s, g_own, z.l, z.h, z.nc, z.hpg, z.p, z.n,
-        *dy.stride(), *C.stride(), *dt.stride(),
-        Q=z.q, BT=z.bt, BP=z.bp, BN=z.bn, FORWARD=False, DOT=z.dot, PREC=z.prec,
-        num_warps=z.warps)
+    g_own = _chunk_states(dy, C, dt, s, z, forward=False)
     d_out = torch.empty_like(g_own)
     d_init = torch.empty(z.b, z.h, z.p, z.n, **f32)
     zpart = torch.empty(bh, z.nc, z.nblk, **f32)
