@@ -1,4 +1,4 @@
-# genossm workflow: FASTA/BAM -> token stores (later: train -> evaluate, score, embed).
+# genossm workflow: FASTA/BAM -> token stores -> models -> evaluation (later: score, embed).
 # Every rule calls one `genossm` subcommand; the logic lives in the package.
 
 from snakemake.utils import min_version
@@ -11,9 +11,12 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/tokenize.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
     input:
         token_stores(),
+        evaluations(),
     default_target: True

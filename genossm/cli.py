@@ -64,6 +64,72 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from genossm.device import set_threads
+    from genossm.train import load_train_config, train
+
+    set_threads(args.threads)
+    cfg = load_train_config(args.config, seq_len=args.seq_len, batch_size=args.batch_size,
+                            max_steps=args.max_steps, max_time=args.max_time, seed=args.seed)
+    s = train(args.stores, args.output, cfg, device=args.device, resume=args.resume,
+              force=args.force, progress=not args.quiet)
+    if s["world_size"] > 1 and int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    val = "" if s["val_bits_per_base"] is None else \
+        f", validation {s['val_bits_per_base']:.4f} bits/base"
+    bits = "n/a" if s["bits_per_base"] is None else f"{s['bits_per_base']:.4f}"
+    print(f"genossm train: wrote {s['output']}: {s['parameters']:,} parameters, {s['steps']:,} "
+          f"steps, {s['tokens']:,} tokens in {s['elapsed_s']:.0f} s (stopped by "
+          f"{s['stopped']}); train {bits} bits/base{val}")
+    return 0
+
+
+def _cmd_embed(args) -> int:
+    from genossm.embed import embed
+
+    s = embed(args.model, args.fasta, args.output, bed=args.bed, per_base=args.per_base,
+              layer=args.layer, rc_average=args.rc_average, chunk_length=args.chunk_length,
+              max_length=args.max_length, device=None if args.device == "auto" else args.device,
+              force=args.force, progress=not args.quiet)
+    print(f"genossm embed: {s['regions']:,} regions, {s['bases']:,} bases, width {s['width']} "
+          f"-> {s['output']}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from genossm.device import set_threads
+    from genossm.evaluate import evaluate
+
+    set_threads(args.threads)
+    m = evaluate(args.model_dir, args.store, args.output, regions_bed=args.regions,
+                 plots_dir=args.plots, device=args.device, chunk_length=args.chunk_length,
+                 markov_max_order=args.markov_max_order, max_windows=args.max_windows,
+                 progress=not args.quiet)
+    print(f"genossm evaluate: model {m['model_bits_per_base']:.3f} bits/base vs Markov order "
+          f"{m['markov_order']} {m['markov_bits_per_base']:.3f} bits/base over "
+          f"{m['bases_scored']:,} bases ({m['measure']}) -> {args.output}")
+    return 0
+
+
+def _cmd_score(args) -> int:
+    from genossm.score import format_summary, score_vcf
+
+    summary = score_vcf(args.vcf, fasta=args.fasta, model_dir=args.model, output=args.output,
+                        table=args.table, window=args.window, batch_size=args.batch_size,
+                        device=args.device, threads=args.threads,
+                        rename_chroms=args.rename_chroms, chrom_map=args.chrom_map,
+                        prefix_reuse=not args.no_prefix_reuse, progress=not args.quiet)
+    print(format_summary(summary))
+    return 0
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    """--device and --threads, the same for every command that runs a model."""
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: the GPU when there is one (default)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genossm",
@@ -102,6 +168,105 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", type=Path, metavar="STORE.zarr")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("train", help="token stores -> model directory",
+                       description="Train a selective-SSM language model on token stores. "
+                                   "Options given here override the --config file.")
+    p.add_argument("stores", nargs="+", type=Path, metavar="STORE.zarr")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="MODEL_DIR")
+    p.add_argument("--config", type=Path, metavar="TRAIN.yaml",
+                   help="training config: model and split sections, schedule, batch, ...")
+    p.add_argument("--seq-len", type=int, metavar="L", help="window length")
+    p.add_argument("--batch-size", type=int, help="windows per micro-batch per process")
+    p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps in all")
+    p.add_argument("--max-time", type=float, metavar="SECONDS",
+                   help="stop with a checkpoint after this long (this invocation)")
+    p.add_argument("--seed", type=int)
+    _add_runtime_options(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in MODEL_DIR exactly")
+    p.add_argument("--force", action="store_true", help="replace an existing MODEL_DIR")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("embed", help="regions of a FASTA -> embeddings (.zarr)",
+                       description="Embed regions (BED, or every FASTA record) with a model's "
+                                   "hidden states: mean-pooled per region, per base on request.")
+    p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR")
+    p.add_argument("--fasta", required=True, type=Path, metavar="FA",
+                   help="indexed FASTA, plain or bgzipped")
+    p.add_argument("--bed", type=Path, metavar="BED",
+                   help="regions: chrom, start, end[, name, score, strand]; strand - embeds "
+                        "the reverse complement (default: every FASTA record, whole)")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.zarr")
+    p.add_argument("--per-base", action="store_true", help="also store every base's vector")
+    p.add_argument("--layer", type=int, default=-1,
+                   help="residual stream after this many blocks: 0 = embedding, -1 = final "
+                        "normalised output (default -1)")
+    p.add_argument("--rc-average", action="store_true",
+                   help="average with the other strand, position by position")
+    p.add_argument("--chunk-length", type=int, default=1 << 16, metavar="N",
+                   help="bases per streamed piece for causal models (default 65536)")
+    p.add_argument("--max-length", type=int, default=1 << 20, metavar="N",
+                   help="longest region a non-causal model embeds in its one pass "
+                        "(default 1048576)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("evaluate", help="bits per base on held-out regions vs a Markov baseline",
+                       description="Score a model on a store's held-out regions (the model's "
+                                   "validation split, or --regions) in bits per base, against "
+                                   "a k-mer Markov baseline fit on its training data; write "
+                                   "METRICS.json and plots.")
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    p.add_argument("store", type=Path, metavar="STORE.zarr")
+    p.add_argument("--regions", type=Path, metavar="BED",
+                   help="evaluate these regions instead of the model's validation split")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="METRICS.json")
+    p.add_argument("--plots", type=Path, metavar="DIR",
+                   help="directory for the PNG plots (default: beside METRICS.json)")
+    _add_runtime_options(p)
+    p.add_argument("--chunk-length", type=int, default=1 << 16, metavar="N",
+                   help="bases per streamed piece for causal models (default 65536)")
+    p.add_argument("--markov-max-order", type=int, default=10, metavar="K",
+                   help="highest Markov order tried (0..12, default 10)")
+    p.add_argument("--max-windows", type=int, default=32, metavar="N",
+                   help="windows of the training length for bits by position (default 32)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("score", help="VCF/BCF + FASTA -> variant scores (scored VCF + table)",
+                       description="Score every alt allele of a VCF/BCF with a model: "
+                                   "log-likelihood ratio (causal models) or masked-LM log-ratio "
+                                   "(masked models) in nats, and embedding distances, averaged "
+                                   "over both strands. Writes a bgzipped, tabix-indexed VCF with "
+                                   "GENOSSM_* INFO fields and a table.")
+    p.add_argument("vcf", type=Path, metavar="VCF", help="VCF (plain or bgzipped) or BCF")
+    p.add_argument("--fasta", required=True, type=Path, metavar="FA",
+                   help="reference FASTA, plain or bgzipped, faidx-indexed")
+    p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.vcf.gz")
+    p.add_argument("--table", type=Path, metavar="OUT.tsv",
+                   help="one row per (record, alt allele) (default: OUT.tsv beside OUT.vcf.gz)")
+    p.add_argument("--window", type=int, default=4096, metavar="W",
+                   help="haplotype window centred on the variant, in bases (default 4096)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="B",
+                   help="sequences per model call (default 32)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="default: cuda when available, else cpu")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads (default: torch's default, all cores)")
+    names = p.add_mutually_exclusive_group()
+    names.add_argument("--rename-chroms", choices=["add-chr", "strip-chr"],
+                       help="VCF contig names -> FASTA names: add or strip a 'chr' prefix")
+    names.add_argument("--chrom-map", type=Path, metavar="TSV",
+                       help="two tab-separated columns: VCF contig name, FASTA contig name")
+    p.add_argument("--no-prefix-reuse", action="store_true",
+                   help="run each haplotype from its start (slower; same scores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_score)
     return parser
 
 

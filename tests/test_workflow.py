@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -68,8 +69,32 @@ def test_dry_run_lists_every_sample(workdir):
         assert f"results/tokens/{name}.zarr" in out
 
 
+def test_train_and_evaluate_targets(workdir):
+    """tokenize -> train -> evaluate on the chr20 slice, shortened to a few steps."""
+    config = workdir / "config/config.yaml"
+    config.write_text(config.read_text().replace("max_steps: null", "max_steps: 6")
+                      .replace("markov_max_order: 10", "markov_max_order: 4"))
+    snakemake(workdir, "--cores", "2", "results/evaluate/small/metrics.json")
+    info = json.loads((workdir / "results/models/small/config.json").read_text())
+    assert info["training"]["steps"] == 6
+    assert info["training"]["stores"] == ["results/tokens/chr20.zarr"]
+    metrics = json.loads((workdir / "results/evaluate/small/metrics.json").read_text())
+    assert metrics["bases_scored"] == 100_000 - 1           # the held-out last 5 %, less base 1
+    assert metrics["training_overlap_bases"] == 0
+    assert 0 <= metrics["markov_order"] <= 4
+    for png in ("training_curves.png", "bits_by_position.png"):
+        assert (workdir / "results/evaluate/small" / png).read_bytes()[:4] == b"\x89PNG"
+    for rule, name in (("train", "small"), ("evaluate", "small")):
+        assert (workdir / f"logs/{rule}/{name}.log").read_text().strip().splitlines()[-1] \
+            .startswith(f"genossm {rule}:")
+        assert (workdir / f"results/benchmarks/{rule}/{name}.tsv").is_file()
+
+
 @pytest.mark.parametrize("edit,message", [
     (("config/config.yaml", "min_mapq: 0", "min_mapq: -3"), "-3 is less than the minimum"),
+    (("config/config.yaml", "samples: [chr20]", "samples: [chr21]"),
+     "train.samples: unknown sample(s) ['chr21']"),
+    (("config/config.yaml", "device: auto", "device: tpu"), "'tpu' is not one of"),
     (("config/config.yaml", "samples: config/samples.tsv", "sample: x"), "samples"),
     (("config/samples.tsv", "lambda\t", "lam bda\t"), "line 4 ('lam bda')"),
     (("config/samples.tsv", "lambda\t", "chr20\t"), "line 4 ('chr20'): duplicate sample"),

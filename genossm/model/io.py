@@ -26,6 +26,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = 1
 RESERVED_KEYS = ("format", "genossm_version", "alphabet", "vocab", "model")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 TIED = {"lm_head.weight": "embedding.weight"}  # stored once, under the value's name
 
 
@@ -37,6 +39,7 @@ def _atomic_write(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -64,3 +64,65 @@ def tokenize_options(wildcards):
     if row.get("region"):
         args.append(f"--region {row['region']}")
     return " ".join(args)
+
+
+# --- models: config["models"] maps a model name to its training config file -------------
+MODELS = config["models"]
+
+
+wildcard_constraints:
+    model="|".join(MODELS),
+
+
+def _require_samples(names, where):
+    unknown = [n for n in names if n not in SAMPLES]
+    if unknown:
+        raise ValueError(f"config {where}: unknown sample(s) {unknown}; the sample sheet has "
+                         f"{list(SAMPLES)}")
+    return names
+
+
+def model_dirs():
+    return expand("results/models/{model}", model=MODELS)
+
+
+def evaluations():
+    return expand("results/evaluate/{model}/metrics.json", model=MODELS)
+
+
+def training_stores(wildcards):
+    names = _require_samples(config["train"]["samples"], "train.samples")
+    return expand("results/tokens/{name}.zarr", name=names)
+
+
+def model_config_file(wildcards):
+    return MODELS[wildcards.model]
+
+
+def train_options(wildcards):
+    opts = config["train"]
+    args = [f"--device {opts['device']}"]
+    if opts.get("max_time"):
+        args.append(f"--max-time {opts['max_time']}")
+    if opts.get("max_steps"):
+        args.append(f"--max-steps {opts['max_steps']}")
+    return " ".join(args)
+
+
+def evaluation_store(wildcards):
+    name = _require_samples([config["evaluate"]["sample"]], "evaluate.sample")[0]
+    return f"results/tokens/{name}.zarr"
+
+
+def evaluation_regions(wildcards):
+    bed = config["evaluate"].get("regions")
+    return [bed] if bed else []
+
+
+def evaluate_options(wildcards):
+    opts = config["evaluate"]
+    args = [f"--device {opts['device']}", f"--threads {opts['threads']}",
+            f"--markov-max-order {opts['markov_max_order']}"]
+    if opts.get("regions"):
+        args.append(f"--regions {opts['regions']}")
+    return " ".join(args)

@@ -1,0 +1,33 @@
+"""Where the model runs: one resolver for every command's ``--device`` and ``--threads``."""
+
+from __future__ import annotations
+
+import torch
+
+from genossm.errors import InputError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None) is the GPU when there is one, else the CPU; ``cuda`` without a GPU is
+    an input error rather than a crash deep inside torch."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(None, f"--device: unknown device {name!r} (auto, cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, f"--device {name}: no CUDA device is available")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(None, f"--device: unsupported device {name!r} (auto, cpu or cuda)")
+    return device
+
+
+def set_threads(threads: int | None) -> None:
+    """CPU threads for torch's intra-op parallelism (None: torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)

@@ -1,0 +1,497 @@
+"""``genossm evaluate``: a model's bits per base on held-out regions of a token store, against the
+k-mer Markov baseline fit on the same model's training data, with plots.
+
+Regions are the model's validation intervals on the store (or a BED). A causal model is streamed
+over each whole region in pieces that carry its state, so any length runs in constant memory
+and every base (but the first) sees the whole region before it: the measure
+``causal_streamed``. A masked-LM model sees windows of its training length L tiled from each
+region's start, with 15 % of the non-N bases of every window masked (``masked_15pct``). Either
+way the score of a base is -log2 of the probability the model's full-vocabulary softmax gives
+it, and the Markov baseline is scored on exactly the same bases.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from genossm import alphabet
+from genossm.data import read_bed
+from genossm.device import resolve_device
+from genossm.errors import InputError
+from genossm.markov import MarkovBaseline
+from genossm.model import GenoSSM, load_model, read_model_info
+from genossm.model.io import CONFIG_NAME, _atomic_write
+from genossm.store import TokenStore
+
+CAUSAL = "causal_streamed"
+MASKED = "masked_15pct"
+MASK_FRACTION = 0.15
+MASK_SEED = 0
+MARKOV_PIECE = 1 << 24    # bases read at once when fitting the baseline
+POSITION_BINS = 64        # log-spaced bins of bits by position in the window
+METRICS_NAME = "metrics.jsonl"
+CURVES_PLOT = "training_curves.png"
+POSITION_PLOT = "bits_by_position.png"
+LN2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class Region:
+    """Half-open [start, end) on one contig of the evaluated store."""
+    contig: str
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def training_info(model_dir: Path) -> dict:
+    """The ``training`` section of config.json (stores, seq_len, split), checked."""
+    config_path = model_dir / CONFIG_NAME
+    try:
+        info = read_model_info(model_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(None, str(e)) from None
+    training = info.get("training")
+    try:
+        split = training["split"]
+        ok = (isinstance(training["stores"], list) and int(training["seq_len"]) >= 2
+              and all(isinstance(split[k], list) for k in ("train", "validation")))
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(config_path, "no usable 'training' section (stores, seq_len >= 2, "
+                                      "split.train, split.validation): was it made by "
+                                      "genossm train?")
+    return training
+
+
+def store_intervals(training: dict, store: TokenStore, kind: str,
+                    config_path: Path) -> list[Region]:
+    """The model's ``kind`` ("train" or "validation") intervals on ``store``: those recorded
+    for the same store (by resolved path) or, when no recorded store is this one, those on
+    contigs of the same name."""
+    here = store.path.resolve()
+    same = {i for i, p in enumerate(training["stores"]) if Path(p).resolve() == here}
+    regions: dict[Region, None] = {}   # ordered set: name matching may meet a contig twice
+    for iv in training["split"][kind]:
+        try:
+            ours = iv["store"] in same if same else iv["contig"] in store.contig_index
+            if ours:
+                regions[Region(iv["contig"], int(iv["start"]), int(iv["end"]))] = None
+        except (KeyError, TypeError, ValueError):
+            raise InputError(config_path, f"malformed {kind} interval {iv!r}") from None
+    for r in regions:
+        length = store.contig(r.contig).length if r.contig in store.contig_index else 0
+        if r.end > length:
+            raise InputError(config_path, f"{kind} interval {r.contig}:{r.start}-{r.end} is not "
+                                          f"inside a contig of {store.path}; is this the store "
+                                          "the model was trained on?")
+    return list(regions)
+
+
+def bed_regions(path: Path, store: TokenStore) -> list[Region]:
+    """The BED's regions, each checked to lie inside a contig of ``store``."""
+    regions = []
+    for chrom, start, end, number in read_bed(path):
+        if chrom not in store.contig_index:
+            raise InputError(path, f"contig {chrom!r} is not in {store.path}",
+                             place=f"line {number}")
+        length = store.contig(chrom).length
+        if end > length:
+            raise InputError(path, f"{chrom}:{start}-{end} runs past the contig's end "
+                                   f"({length:,})", place=f"line {number}")
+        regions.append(Region(chrom, start, end))
+    if not regions:
+        raise InputError(path, "no regions in the BED file")
+    return regions
+
+
+def overlap_bases(regions: list[Region], others: list[Region]) -> int:
+    """Bases of ``regions`` (counted once per region) that lie in any of ``others``."""
+    by_contig: dict[str, list[tuple[int, int]]] = {}
+    for o in sorted(others, key=lambda r: (r.contig, r.start)):
+        spans = by_contig.setdefault(o.contig, [])
+        if spans and o.start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], o.end))
+        else:
+            spans.append((o.start, o.end))
+    return sum(max(0, min(r.end, b) - max(r.start, a))
+               for r in regions for a, b in by_contig.get(r.contig, []))
+
+
+# --------------------------------------------------------------------------- Markov baseline
+
+
+def _pieces(store: TokenStore, region: Region, size: int) -> Iterator[np.ndarray]:
+    for a in range(region.start, region.end, size):
+        yield store.codes(region.contig, a, min(a + size, region.end))
+
+
+def fit_markov(store: TokenStore, train: list[Region], max_order: int
+               ) -> tuple[MarkovBaseline, dict[int, float]]:
+    """Fit the baseline on the training intervals, choosing its order on the last tenth of
+    each (``length // 10`` bases) after fitting on the rest; returns (baseline, held-out
+    bits per base of every order). Intervals are read in pieces of MARKOV_PIECE bases
+    (k-mers across a piece boundary, one in millions, are not counted)."""
+    fit_part, held_part = [], []
+    for r in train:
+        cut = r.end - r.length // 10
+        fit_part.append(Region(r.contig, r.start, cut))
+        held_part.append(Region(r.contig, cut, r.end))
+    markov = MarkovBaseline(max_order=max_order)
+    scores = markov.choose_order(
+        (p for r in fit_part for p in _pieces(store, r, MARKOV_PIECE)),
+        [p for r in held_part for p in _pieces(store, r, MARKOV_PIECE)])
+    return markov, scores
+
+
+def _markov_log2p(markov: MarkovBaseline, store: TokenStore, region: Region, start: int,
+                  codes: np.ndarray) -> np.ndarray:
+    """Baseline log2 p of ``codes`` (which begin at ``start`` inside ``region``) given the
+    region's bases before each; the order's worth of bases before ``start`` is read as
+    context."""
+    context = store.codes(region.contig, max(region.start, start - markov.order), start)
+    return markov.log2_probs(np.concatenate([context, codes]))[context.size:]
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def _tokens(codes: np.ndarray, device) -> torch.Tensor:
+    return torch.from_numpy(codes.astype(np.int64)).to(device)
+
+
+def _gather_log2p(logp: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """log2 of each target's probability under rows of natural-log probabilities."""
+    return (logp.gather(-1, targets[:, None])[:, 0] / LN2).double().cpu().numpy()
+
+
+def _next_base_log2p(logits: torch.Tensor, tokens: torch.Tensor,
+                     previous: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """Causal LM: log2 p of every token from the logits one position earlier; position 0 is
+    scored from ``previous`` (the last log-prob row of the piece before) or left NaN. N is
+    never scored (NaN). Returns (log2 p, this piece's last log-prob row)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    rows = logp[:-1] if previous is None else torch.cat([previous, logp[:-1]])
+    first = tokens.shape[0] - rows.shape[0]
+    out = np.full(tokens.shape[0], np.nan)
+    out[first:] = _gather_log2p(rows, tokens[first:])
+    out[(tokens == alphabet.N).cpu().numpy()] = np.nan
+    return out, logp[-1:]
+
+
+def mask_positions(codes: np.ndarray, key: tuple[int, int]) -> np.ndarray:
+    """The positions a masked-LM window hides: round(15 %) of its non-N positions, drawn
+    without replacement by ``np.random.default_rng([MASK_SEED, *key])``, sorted. ``key`` is
+    (region index, window offset in the region), so a window is masked the same way for the
+    region scores and for bits by position."""
+    candidates = np.flatnonzero(codes != alphabet.N)
+    rng = np.random.default_rng([MASK_SEED, *key])
+    size = round(MASK_FRACTION * candidates.size)
+    return np.sort(rng.choice(candidates, size=size, replace=False))
+
+
+def _masked_log2p(model: GenoSSM, codes: np.ndarray, positions: np.ndarray,
+                  device) -> np.ndarray:
+    """Masked LM: log2 p of the true base at each of ``positions`` with all of them replaced
+    by MASK in one forward pass; NaN elsewhere."""
+    tokens = _tokens(codes, device)
+    where = torch.from_numpy(positions).to(device)
+    masked = tokens.clone()
+    masked[where] = alphabet.MASK
+    logp = torch.log_softmax(model(masked[None])[0].float(), dim=-1)
+    out = np.full(codes.size, np.nan)
+    out[positions] = _gather_log2p(logp[where], tokens[where])
+    return out
+
+
+def _scored_pieces(model: GenoSSM, store: TokenStore, region: Region, index: int,
+                   measure: str, chunk_length: int, seq_len: int, device
+                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(start, codes, model log2 p with NaN where not scored) of successive pieces of a
+    region: streamed pieces of ``chunk_length`` carrying the model's state (causal), or
+    windows of ``seq_len`` (masked)."""
+    if measure == CAUSAL:
+        state = model.initial_state(1, device)
+        previous = None
+        for start in range(region.start, region.end, chunk_length):
+            codes = store.codes(region.contig, start, min(start + chunk_length, region.end))
+            tokens = _tokens(codes, device)
+            logits, state = model(tokens[None], state=state)
+            log2p, previous = _next_base_log2p(logits[0], tokens, previous)
+            yield start, codes, log2p
+    else:
+        for start in range(region.start, region.end, seq_len):
+            codes = store.codes(region.contig, start, min(start + seq_len, region.end))
+            positions = mask_positions(codes, (index, start - region.start))
+            yield start, codes, _masked_log2p(model, codes, positions, device)
+
+
+@dataclass
+class RegionScore:
+    """Scored bases of one region and the bits the model and the baseline spent on them."""
+    region: Region
+    bases: int = 0
+    model_bits: float = 0.0
+    markov_bits: float = 0.0
+
+    def as_json(self) -> dict:
+        def per_base(bits):
+            return bits / self.bases if self.bases else None
+        return {"contig": self.region.contig, "start": self.region.start,
+                "end": self.region.end, "bases": self.bases,
+                "model_bits_per_base": per_base(self.model_bits),
+                "markov_bits_per_base": per_base(self.markov_bits)}
+
+
+def score_regions(model: GenoSSM, store: TokenStore, regions: list[Region],
+                  markov: MarkovBaseline, measure: str, chunk_length: int, seq_len: int,
+                  device, bar) -> list[RegionScore]:
+    """Model and baseline bits on the scored bases of every region."""
+    scores = []
+    for index, region in enumerate(regions):
+        score = RegionScore(region)
+        for start, codes, log2p in _scored_pieces(model, store, region, index, measure,
+                                                  chunk_length, seq_len, device):
+            scored = ~np.isnan(log2p)
+            baseline = _markov_log2p(markov, store, region, start, codes)
+            score.bases += int(scored.sum())
+            score.model_bits -= float(log2p[scored].sum())
+            score.markov_bits -= float(baseline[scored].sum())
+            bar.update(codes.size)
+        scores.append(score)
+    return scores
+
+
+def _profile_windows(regions: list[Region], seq_len: int, max_windows: int
+                     ) -> list[tuple[int, int]]:
+    """(region index, offset) of at most ``max_windows`` non-overlapping windows of
+    ``seq_len`` tiled from the regions' starts, taken evenly across all of them."""
+    windows = [(i, k * seq_len) for i, r in enumerate(regions)
+               for k in range(r.length // seq_len)]
+    if len(windows) <= max_windows:
+        return windows
+    picks = np.unique(np.linspace(0, len(windows) - 1, max_windows).round().astype(int))
+    return [windows[p] for p in picks]
+
+
+def bits_by_position(model: GenoSSM, store: TokenStore, regions: list[Region],
+                     windows: list[tuple[int, int]], measure: str, seq_len: int, device,
+                     bar) -> dict:
+    """Mean model bits per base at each position 1..L-1 of the ``windows`` (region index,
+    offset) of the training length L, one plain forward pass each, in log-spaced bins."""
+    total = np.zeros(seq_len)
+    count = np.zeros(seq_len, dtype=np.int64)
+    for index, offset in windows:
+        region = regions[index]
+        codes = store.codes(region.contig, region.start + offset,
+                            region.start + offset + seq_len)
+        if measure == CAUSAL:
+            tokens = _tokens(codes, device)
+            log2p, _ = _next_base_log2p(model(tokens[None])[0], tokens)
+        else:
+            positions = mask_positions(codes, (index, offset))
+            log2p = _masked_log2p(model, codes, positions, device)
+        scored = ~np.isnan(log2p)
+        scored[0] = False
+        total[scored] -= log2p[scored]
+        count[scored] += 1
+        bar.update(seq_len)
+    edges = np.unique(np.rint(np.geomspace(1, seq_len, POSITION_BINS + 1)).astype(int))
+    bins = []
+    for a, b in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
+        n = int(count[a:b].sum())
+        bins.append({"start": a, "end": b, "bases": n,
+                     "bits_per_base": float(total[a:b].sum() / n) if n else None})
+    return {"seq_len": seq_len, "windows": len(windows), "bins": bins}
+
+
+# --------------------------------------------------------------------------- training log
+
+
+def read_training_metrics(model_dir: Path) -> list[dict]:
+    """The records of the model's metrics.jsonl (none when it has none)."""
+    path = model_dir / METRICS_NAME
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(path, f"not JSON ({e.msg})", place=f"line {number}") from None
+        if not isinstance(record, dict):
+            raise InputError(path, "not a JSON object", place=f"line {number}")
+        records.append(record)
+    return records
+
+
+def _last(records: list[dict], split: str) -> dict | None:
+    return next((r for r in reversed(records) if r.get("split") == split), None)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _save_figure(figure, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    _atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+
+
+def plot_training_curves(records: list[dict], markov_bits: float, markov_order: int,
+                         path: Path) -> None:
+    """Train and validation bits per base against tokens seen (or step), with the baseline's
+    level on the evaluated regions."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = figure.add_subplot()
+    x_key = "tokens" if records and all("tokens" in r for r in records) else "step"
+    for split, style in (("train", "-"), ("val", "o-")):
+        points = [(r[x_key], r["bits_per_base"]) for r in records
+                  if r.get("split") == split and x_key in r and "bits_per_base" in r]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=split, markersize=4)
+    ax.axhline(markov_bits, color="grey", linestyle="--",
+               label=f"Markov order {markov_order} (evaluated regions)")
+    if not records:
+        ax.text(0.5, 0.65, f"no {METRICS_NAME} in the model directory", ha="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("tokens seen" if x_key == "tokens" else "step")
+    ax.set_ylabel("bits per base")
+    ax.set_title("Training curves")
+    ax.legend()
+    _save_figure(figure, path)
+
+
+def plot_bits_by_position(profile: dict, markov_bits: float, markov_order: int,
+                          path: Path) -> None:
+    """Model bits per base by position in the window (log x), with the baseline's level."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = figure.add_subplot()
+    points = [((b["start"] + b["end"] - 1) / 2, b["bits_per_base"]) for b in profile["bins"]
+              if b["bits_per_base"] is not None]
+    if points:
+        ax.plot(*zip(*points, strict=True), "o-", markersize=3, label="model")
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, f"no region holds a whole window of {profile['seq_len']:,} bases",
+                ha="center", transform=ax.transAxes)
+    ax.axhline(markov_bits, color="grey", linestyle="--", label=f"Markov order {markov_order}")
+    ax.set_xlabel(f"position in a window of {profile['seq_len']:,} bases")
+    ax.set_ylabel("bits per base")
+    ax.set_title(f"Bits per base by position ({profile['windows']} windows)")
+    ax.legend()
+    _save_figure(figure, path)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def evaluate(model_dir, store_path, output, *, regions_bed=None, plots_dir=None,
+             device: str = "auto", chunk_length: int = 65536, markov_max_order: int = 10,
+             max_windows: int = 32, progress: bool = True) -> dict:
+    """Evaluate the model in ``model_dir`` on ``store_path``; write METRICS.json (``output``)
+    and the two plots (into ``plots_dir``, default beside ``output``). Returns the metrics."""
+    model_dir, output = Path(model_dir), Path(output)
+    plots_dir = output.parent if plots_dir is None else Path(plots_dir)
+    if chunk_length < 1:
+        raise InputError(None, f"--chunk-length must be positive, got {chunk_length}")
+    if not 0 <= markov_max_order <= 12:
+        raise InputError(None, f"--markov-max-order must be in 0..12, got {markov_max_order}")
+    if max_windows < 0:
+        raise InputError(None, f"--max-windows must be >= 0, got {max_windows}")
+    torch_device = resolve_device(device)
+    config_path = model_dir / CONFIG_NAME
+    training = training_info(model_dir)
+    seq_len = int(training["seq_len"])
+    store = TokenStore(store_path)
+    train = store_intervals(training, store, "train", config_path)
+    if regions_bed is not None:
+        regions, source = bed_regions(Path(regions_bed), store), str(regions_bed)
+    else:
+        regions, source = store_intervals(training, store, "validation", config_path), \
+            "validation split"
+        if not regions:
+            raise InputError(config_path, f"the model has no validation interval on "
+                                          f"{store.path}; give --regions BED")
+    if not train:
+        raise InputError(config_path, f"the model has no training interval on {store.path}, "
+                                      "so there is nothing to fit the Markov baseline on")
+    records = read_training_metrics(model_dir)
+    try:
+        model = load_model(model_dir, torch_device)
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(None, str(e)) from None
+    measure = CAUSAL if model.config.objective == "clm" else MASKED
+
+    markov, order_scores = fit_markov(store, train, markov_max_order)
+    windows = _profile_windows(regions, seq_len, max_windows)
+    with torch.inference_mode(), tqdm(total=sum(r.length for r in regions) + len(windows) * seq_len,
+                                      unit="bp", unit_scale=True, desc="evaluate",
+                                      disable=None if progress else True, leave=False) as bar:
+        scores = score_regions(model, store, regions, markov, measure, chunk_length, seq_len,
+                               torch_device, bar)
+        profile = bits_by_position(model, store, regions, windows, measure, seq_len,
+                                   torch_device, bar)
+    scored = sum(s.bases for s in scores)
+    if not scored:
+        raise InputError(source, "the regions hold no base to score (all N or too short)")
+    model_bpb = sum(s.model_bits for s in scores) / scored
+    markov_bpb = sum(s.markov_bits for s in scores) / scored
+
+    plots = {"training_curves": plots_dir / CURVES_PLOT,
+             "bits_by_position": plots_dir / POSITION_PLOT}
+    metrics = {
+        "model_dir": str(model_dir),
+        "store": str(store.path),
+        "measure": measure,
+        "regions_from": source,
+        "regions": [s.as_json() for s in scores],
+        "bases_scored": scored,
+        "model_bits_per_base": model_bpb,
+        "markov_bits_per_base": markov_bpb,
+        "markov_order": markov.order,
+        "markov_held_out_bits_per_base_by_order": {str(k): _finite(v)
+                                                   for k, v in order_scores.items()},
+        "markov_training_bases": sum(r.length for r in train),
+        "improvement_bits_per_base": markov_bpb - model_bpb,
+        "training_overlap_bases": overlap_bases(regions, train),
+        "bits_by_position": profile,
+        "last_train": _last(records, "train"),
+        "last_val": _last(records, "val"),
+        "plots": {k: str(p) for k, p in plots.items()},
+    }
+    text = json.dumps(metrics, indent=2, allow_nan=False) + "\n"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # Each file is written whole and renamed into place; METRICS.json, the mark of a finished
+    # run, comes last.
+    plot_training_curves(records, markov_bpb, markov.order, plots["training_curves"])
+    plot_bits_by_position(profile, markov_bpb, markov.order, plots["bits_by_position"])
+    _atomic_write(output, lambda tmp: Path(tmp).write_text(text))
+    return metrics

@@ -1,0 +1,235 @@
+"""Training: schedules, loss falls on real DNA, exact resume, kill -9 during a checkpoint,
+gradient accumulation, torchrun with two gloo processes, and the CLI's refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from genossm import train as train_module
+from genossm.cli import main
+from genossm.model import load_model, read_model_info
+from genossm.train import (
+    TrainConfig,
+    learning_rate,
+    recover_checkpoint,
+    sequence_length,
+    train,
+)
+from helpers import CHR20, LAMBDA
+
+TINY = {"d_model": 32, "n_layer": 2, "d_state": 8, "headdim": 16, "chunk_size": 32}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train_stores")
+    out = {}
+    for name, source in (("chr20", CHR20), ("lambda", LAMBDA)):
+        out[name] = tmp / f"{name}.zarr"
+        assert main(["tokenize", str(source), "-o", str(out[name]), "-q",
+                     "--chunk-size", "65536"]) == 0
+    return out
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(model=dict(TINY), seq_len=128, batch_size=4, max_steps=8, warmup_steps=2,
+                lr=3e-3, min_lr=3e-4, log_every=1, eval_every=4, eval_windows=4,
+                checkpoint_every=3, split={"val_fraction": 0.05})
+    base.update(kw)
+    return TrainConfig.from_dict(base)
+
+
+def losses(model_dir: Path) -> list[tuple]:
+    """(split, step, loss) of every metrics line; the timing fields differ between runs."""
+    lines = (model_dir / "metrics.jsonl").read_text().splitlines()
+    return [(m["split"], m["step"], m["loss"]) for m in map(json.loads, lines)]
+
+
+def test_schedules_by_hand():
+    cfg = config(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110, seq_len=1024,
+                 seq_len_start=256, seq_len_warmup_steps=100)
+    assert learning_rate(cfg, 0) == pytest.approx(1e-4)          # (0+1)/10 of the peak
+    assert learning_rate(cfg, 9) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 60) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half-way down
+    assert learning_rate(cfg, 110) == pytest.approx(1e-4)
+    assert sequence_length(cfg, 0) == 256
+    assert sequence_length(cfg, 50) == 640                      # 256 + 768/2, a multiple of 64
+    assert sequence_length(cfg, 51) == 704                      # 647.7 rounded up to 64s
+    assert sequence_length(cfg, 100) == 1024
+
+
+def test_loss_falls_on_real_dna(stores, tmp_path):
+    cfg = config(max_steps=60, seq_len=256, batch_size=8, log_every=5, eval_every=30,
+                 eval_windows=8, checkpoint_every=100, warmup_steps=5)
+    summary = train([stores["chr20"]], tmp_path / "m", cfg, progress=False)
+    records = [json.loads(x) for x in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in records if r["split"] == "train")
+    assert first["bits_per_base"] > 2.2                         # log2(6) = 2.58 at the start
+    assert summary["bits_per_base"] < first["bits_per_base"] - 0.3
+    assert summary["val_bits_per_base"] < 2.0                   # better than uniform over ACGT
+    info = read_model_info(tmp_path / "m")
+    split = info["training"]["split"]
+    assert split["validation"] == [{"store": 0, "contig": "20", "start": 1_900_000,
+                                    "end": 2_000_000}]
+    assert info["training"]["steps"] == 60 and info["training"]["stopped"] == "max_steps"
+    state = torch.load(tmp_path / "m" / "train_state.pt", weights_only=True)
+    assert state["step"] == 60 and "optimizer" in state
+
+
+def test_resume_equals_uninterrupted(stores, tmp_path, monkeypatch):
+    cfg = config()
+    train([stores["chr20"]], tmp_path / "whole", cfg, progress=False)
+
+    calls = {"n": 0}
+    real_loss = train_module.lm_loss
+
+    def crash_at_step_5(*args, **kw):
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 5:       # step 5 runs after the checkpoint at step 3
+                raise KeyboardInterrupt
+        return real_loss(*args, **kw)
+
+    monkeypatch.setattr(train_module, "lm_loss", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train([stores["chr20"]], tmp_path / "resumed", cfg, progress=False)
+    monkeypatch.setattr(train_module, "lm_loss", real_loss)
+    assert torch.load(tmp_path / "resumed" / "train_state.pt", weights_only=True)["step"] == 3
+    assert [s for _, s, _ in losses(tmp_path / "resumed")] == [1, 2, 3, 4, 4]  # live metrics
+
+    train([stores["chr20"]], tmp_path / "resumed", cfg, resume=True, progress=False)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "whole")
+    a = load_file(tmp_path / "whole" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_accumulation_equals_one_big_batch(stores, tmp_path):
+    """Micro-batches 2 × 2 draw the same windows as one batch of 4 and are normalised by all
+    the step's targets, so one step gives the same weights."""
+    big = config(batch_size=4, grad_accum=1, max_steps=2, eval_every=0)
+    small = config(batch_size=2, grad_accum=2, max_steps=2, eval_every=0)
+    train([stores["chr20"]], tmp_path / "big", big, progress=False)
+    train([stores["chr20"]], tmp_path / "small", small, progress=False)
+    assert [x[:2] for x in losses(tmp_path / "big")] == [x[:2] for x in losses(tmp_path / "small")]
+    assert [x[2] for x in losses(tmp_path / "big")] == \
+        pytest.approx([x[2] for x in losses(tmp_path / "small")], rel=1e-5)
+    a = load_file(tmp_path / "big" / "model.safetensors")
+    b = load_file(tmp_path / "small" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_max_time_and_mlm(stores, tmp_path):
+    cfg = config(model={**TINY, "objective": "mlm", "bidirectional": True}, max_time=1e-3,
+                 max_steps=50)
+    summary = train([stores["chr20"]], tmp_path / "mlm", cfg, progress=False)
+    assert summary["stopped"] == "max_time" and summary["steps"] == 1
+    model = load_model(tmp_path / "mlm")
+    assert model.config.objective == "mlm" and model.config.bidirectional
+
+
+def test_kill_9_during_checkpoints_keeps_the_last_good_one(stores, tmp_path):
+    """SIGKILL a run that checkpoints every step, at several moments: the directory always
+    holds a whole, loadable checkpoint, and --resume finishes the run."""
+    out = tmp_path / "killed"
+    cfg_file = tmp_path / "train.yaml"
+    cfg_file.write_text(yaml.safe_dump({**config(max_steps=60, checkpoint_every=1,
+                                                 eval_every=0).to_dict()}))
+    cmd = [sys.executable, "-m", "genossm", "train", str(stores["lambda"]), "-o", str(out),
+           "--config", str(cfg_file), "-q", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for delay in (0.05, 0.13, 0.21):
+        proc = subprocess.Popen(cmd + (["--resume"] if out.exists() else []), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not (out / "train_state.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        recover_checkpoint(out)
+        model = load_model(out)                        # whole: loads with matching weights
+        state = torch.load(out / "train_state.pt", weights_only=True)
+        info = read_model_info(out)
+        assert info["training"]["steps"] == state["step"] >= 1
+        assert model.config.d_model == TINY["d_model"]
+    assert not list(tmp_path.glob(".killed.ckpt-*"))
+    done = subprocess.run(cmd + ["--resume"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 60
+    steps = [s for split, s, _ in losses(out) if split == "train"]
+    assert steps == list(range(1, 61))                  # no step lost or logged twice
+
+
+def test_recover_between_the_two_renames(tmp_path):
+    out, old = tmp_path / "m", tmp_path / ".m.ckpt-old"
+    old.mkdir()
+    (old / "config.json").write_text("{}")
+    (tmp_path / ".m.ckpt-new").mkdir()
+    recover_checkpoint(out)
+    assert (out / "config.json").exists() and not old.exists()
+    assert not (tmp_path / ".m.ckpt-new").exists()
+
+
+def test_torchrun_two_gloo_processes_equal_one_process(stores, tmp_path):
+    """Two ranks × 2 windows draw the same windows as one process × 4 (lambda has no N, so
+    every rank has as many targets and DDP's mean equals the global mean)."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    cfg_file = tmp_path / "train.yaml"
+    cfg_file.write_text(yaml.safe_dump(config(batch_size=2, max_steps=3,
+                                              eval_every=0).to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "genossm", "train",
+         str(stores["lambda"]), "-o", str(tmp_path / "ddp"), "--config", str(cfg_file), "-q",
+         "--device", "cpu"], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("genossm train: wrote") == 1            # rank 0 reports
+    assert read_model_info(tmp_path / "ddp")["training"]["world_size"] == 2
+    single = config(batch_size=4, max_steps=3, eval_every=0)
+    train([stores["lambda"]], tmp_path / "single", single, progress=False)
+    assert [x[2] for x in losses(tmp_path / "ddp")] == \
+        pytest.approx([x[2] for x in losses(tmp_path / "single")], rel=1e-5)
+    a = load_file(tmp_path / "ddp" / "model.safetensors")
+    b = load_file(tmp_path / "single" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_cli_refusals(stores, tmp_path, capsys):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "something").write_text("x")
+    assert main(["train", str(stores["lambda"]), "-o", str(out), "--max-steps", "1"]) == 2
+    assert "use --resume" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {d_model: 32}\nlearning_rate: 0.1\n")
+    assert main(["train", str(stores["lambda"]), "-o", str(tmp_path / "n"), "--config",
+                 str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"genossm: error: {bad}") and "learning_rate" in err
+    assert "\n" not in err and not (tmp_path / "n").exists()
+    assert main(["train", str(tmp_path / "missing.zarr"), "-o", str(tmp_path / "n")]) == 2
+    assert "missing.zarr" in capsys.readouterr().err and not (tmp_path / "n").exists()

@@ -1,0 +1,35 @@
+rule evaluate:
+    """Model -> bits per base on the held-out regions against the k-mer Markov baseline,
+    with training curves and bits by position in the window."""
+    input:
+        model="results/models/{model}",
+        store=evaluation_store,
+        regions=evaluation_regions,
+    output:
+        metrics="results/evaluate/{model}/metrics.json",
+        curves=report(
+            "results/evaluate/{model}/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Evaluation",
+        ),
+        by_position=report(
+            "results/evaluate/{model}/bits_by_position.png",
+            caption="../report/bits_by_position.rst",
+            category="Evaluation",
+        ),
+    log:
+        "logs/evaluate/{model}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{model}.tsv"
+    params:
+        options=evaluate_options,
+    threads: config["evaluate"]["threads"]
+    resources:
+        mem_mb=config["evaluate"]["mem_mb"],
+        runtime=config["evaluate"]["runtime"],
+        gpu=config["evaluate"]["gpus"],
+    conda:
+        "../../envs/genossm.yaml"
+    shell:
+        "genossm evaluate {input.model} {input.store} "
+        "-o {output.metrics} --quiet {params.options} > {log} 2>&1"

@@ -1,0 +1,24 @@
+rule train:
+    """Token stores -> model directory (config.json, model.safetensors, train_state.pt,
+    metrics.jsonl) for one model config of config["models"]."""
+    input:
+        stores=training_stores,
+        config=model_config_file,
+    output:
+        directory("results/models/{model}"),
+    log:
+        "logs/train/{model}.log",
+    benchmark:
+        "results/benchmarks/train/{model}.tsv"
+    params:
+        options=train_options,
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=config["train"]["mem_mb"],
+        runtime=config["train"]["runtime"],
+        gpu=config["train"]["gpus"],
+    conda:
+        "../../envs/genossm.yaml"
+    shell:
+        "genossm train {input.stores} -o {output} --config {input.config} --threads {threads} "
+        "--force --quiet {params.options} > {log} 2>&1"
