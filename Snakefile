@@ -1,4 +1,4 @@
-# genossm workflow: FASTA/BAM -> token stores -> models -> evaluation (later: score, embed).
+# genossm workflow: FASTA/BAM -> token stores -> models -> evaluation, scored VCFs, embeddings.
 # Every rule calls one `genossm` subcommand; the logic lives in the package.
 
 from snakemake.utils import min_version
@@ -13,10 +13,14 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/tokenize.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/embed.smk"
 
 
 rule all:
     input:
         token_stores(),
         evaluations(),
+        scored_callsets(),
+        embeddings(),
     default_target: True

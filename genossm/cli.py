@@ -65,7 +65,7 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from genossm.device import set_threads
+    from genossm.runtime import set_threads
     from genossm.train import load_train_config, train
 
     set_threads(args.threads)
@@ -86,10 +86,12 @@ def _cmd_train(args) -> int:
 
 def _cmd_embed(args) -> int:
     from genossm.embed import embed
+    from genossm.runtime import set_threads
 
+    set_threads(args.threads)
     s = embed(args.model, args.fasta, args.output, bed=args.bed, per_base=args.per_base,
               layer=args.layer, rc_average=args.rc_average, chunk_length=args.chunk_length,
-              max_length=args.max_length, device=None if args.device == "auto" else args.device,
+              max_length=args.max_length, device=args.device,
               force=args.force, progress=not args.quiet)
     print(f"genossm embed: {s['regions']:,} regions, {s['bases']:,} bases, width {s['width']} "
           f"-> {s['output']}")
@@ -97,8 +99,8 @@ def _cmd_embed(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from genossm.device import set_threads
     from genossm.evaluate import evaluate
+    from genossm.runtime import set_threads
 
     set_threads(args.threads)
     m = evaluate(args.model_dir, args.store, args.output, regions_bed=args.regions,
@@ -112,11 +114,13 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_score(args) -> int:
+    from genossm.runtime import set_threads
     from genossm.score import format_summary, score_vcf
 
+    set_threads(args.threads)
     summary = score_vcf(args.vcf, fasta=args.fasta, model_dir=args.model, output=args.output,
                         table=args.table, window=args.window, batch_size=args.batch_size,
-                        device=args.device, threads=args.threads,
+                        device=args.device,
                         rename_chroms=args.rename_chroms, chrom_map=args.chrom_map,
                         prefix_reuse=not args.no_prefix_reuse, progress=not args.quiet)
     print(format_summary(summary))
@@ -210,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=1 << 20, metavar="N",
                    help="longest region a non-causal model embeds in its one pass "
                         "(default 1048576)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_runtime_options(p)
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_embed)
@@ -254,10 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="haplotype window centred on the variant, in bases (default 4096)")
     p.add_argument("--batch-size", type=int, default=32, metavar="B",
                    help="sequences per model call (default 32)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                   help="default: cuda when available, else cpu")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads (default: torch's default, all cores)")
+    _add_runtime_options(p)
     names = p.add_mutually_exclusive_group()
     names.add_argument("--rename-chroms", choices=["add-chr", "strip-chr"],
                        help="VCF contig names -> FASTA names: add or strip a 'chr' prefix")

@@ -24,11 +24,12 @@ from tqdm import tqdm
 
 from genossm import alphabet
 from genossm.data import read_bed
-from genossm.device import resolve_device
 from genossm.errors import InputError
+from genossm.fileio import atomic_write
 from genossm.markov import MarkovBaseline
-from genossm.model import GenoSSM, load_model, read_model_info
-from genossm.model.io import CONFIG_NAME, _atomic_write
+from genossm.model import GenoSSM, read_model_info
+from genossm.model.io import CONFIG_NAME
+from genossm.runtime import open_model, resolve_device
 from genossm.store import TokenStore
 
 CAUSAL = "causal_streamed"
@@ -353,7 +354,7 @@ def _save_figure(figure, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
-    _atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
 
 
 def plot_training_curves(records: list[dict], markov_bits: float, markov_order: int,
@@ -443,10 +444,7 @@ def evaluate(model_dir, store_path, output, *, regions_bed=None, plots_dir=None,
         raise InputError(config_path, f"the model has no training interval on {store.path}, "
                                       "so there is nothing to fit the Markov baseline on")
     records = read_training_metrics(model_dir)
-    try:
-        model = load_model(model_dir, torch_device)
-    except (FileNotFoundError, ValueError) as e:
-        raise InputError(None, str(e)) from None
+    model = open_model(model_dir, torch_device)
     measure = CAUSAL if model.config.objective == "clm" else MASKED
 
     markov, order_scores = fit_markov(store, train, markov_max_order)
@@ -493,5 +491,5 @@ def evaluate(model_dir, store_path, output, *, regions_bed=None, plots_dir=None,
     # run, comes last.
     plot_training_curves(records, markov_bpb, markov.order, plots["training_curves"])
     plot_bits_by_position(profile, markov_bpb, markov.order, plots["bits_by_position"])
-    _atomic_write(output, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(output, lambda tmp: Path(tmp).write_text(text))
     return metrics

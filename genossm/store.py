@@ -25,6 +25,7 @@ from zarr.codecs import BloscCodec
 
 from genossm import __version__, alphabet
 from genossm.errors import InputError
+from genossm.fileio import replace_path
 
 FORMAT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -343,14 +344,7 @@ class StoreWriter:
             "created_by": f"genossm {__version__}", "chunk_size": self.chunk_size,
             "sources": sources,
         }
-        old = None
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(self.path, old)
-        os.rename(self.tmp_path, self.path)
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        return self.path
+        return replace_path(self.tmp_path, self.path)
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp_path, ignore_errors=True)

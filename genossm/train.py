@@ -36,10 +36,10 @@ from tqdm import tqdm
 
 from genossm import alphabet
 from genossm.data import SplitConfig, WindowDataset, describe_split, split_regions
-from genossm.device import resolve_device
 from genossm.errors import InputError
 from genossm.model import GenoSSM, ModelConfig, load_model, save_model
 from genossm.model.io import CONFIG_NAME, read_model_info
+from genossm.runtime import resolve_device
 from genossm.store import TokenStore
 
 TRAIN_STATE_NAME = "train_state.pt"

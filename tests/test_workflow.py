@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pysam
 import pytest
+import zarr
 
 from genossm.store import TokenStore
 from helpers import CHR20, ROOT, fasta_records
@@ -69,12 +70,15 @@ def test_dry_run_lists_every_sample(workdir):
         assert f"results/tokens/{name}.zarr" in out
 
 
-def test_train_and_evaluate_targets(workdir):
-    """tokenize -> train -> evaluate on the chr20 slice, shortened to a few steps."""
+def test_model_targets(workdir):
+    """tokenize -> train -> evaluate, score and embed on the embedded example, with training
+    shortened to a few steps and a short scoring window."""
     config = workdir / "config/config.yaml"
     config.write_text(config.read_text().replace("max_steps: null", "max_steps: 6")
-                      .replace("markov_max_order: 10", "markov_max_order: 4"))
-    snakemake(workdir, "--cores", "2", "results/evaluate/small/metrics.json")
+                      .replace("markov_max_order: 10", "markov_max_order: 4")
+                      .replace("window: 4096", "window: 256"))
+    snakemake(workdir, "--cores", "2", "results/evaluate/small/metrics.json",
+              "results/score/small/tabix_5.vcf.gz", "results/embed/small/chr20_tiles.zarr")
     info = json.loads((workdir / "results/models/small/config.json").read_text())
     assert info["training"]["steps"] == 6
     assert info["training"]["stores"] == ["results/tokens/chr20.zarr"]
@@ -84,7 +88,18 @@ def test_train_and_evaluate_targets(workdir):
     assert 0 <= metrics["markov_order"] <= 4
     for png in ("training_curves.png", "bits_by_position.png"):
         assert (workdir / "results/evaluate/small" / png).read_bytes()[:4] == b"\x89PNG"
-    for rule, name in (("train", "small"), ("evaluate", "small")):
+    vcf = ROOT / "config/data/tabix_5.chr20_1-2000000.vcf"
+    with pysam.VariantFile(str(vcf)) as a, \
+            pysam.VariantFile(str(workdir / "results/score/small/tabix_5.vcf.gz")) as b:
+        records = list(zip(a, b, strict=True))           # every record, in order
+    assert all((x.pos, x.ref, x.alts) == (y.pos, y.ref, y.alts) for x, y in records)
+    assert sum(y.info["GENOSSM_STATUS"][0] == "scored" for _, y in records) > 250
+    assert (workdir / "results/score/small/tabix_5.vcf.gz.tbi").is_file()
+    emb = zarr.open_group(workdir / "results/embed/small/chr20_tiles.zarr", mode="r")
+    assert emb["pooled"].shape == (10, 64)
+    assert list(emb["regions/start"][:]) == list(range(100_000, 2_000_000, 190_000))
+    for rule, name in (("train", "small"), ("evaluate", "small"), ("score", "small/tabix_5"),
+                       ("embed", "small/chr20_tiles")):
         assert (workdir / f"logs/{rule}/{name}.log").read_text().strip().splitlines()[-1] \
             .startswith(f"genossm {rule}:")
         assert (workdir / f"results/benchmarks/{rule}/{name}.tsv").is_file()

@@ -10,8 +10,6 @@ the weights are written before config.json.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 import genossm
 from genossm import alphabet
+from genossm.fileio import atomic_write
 from genossm.model.config import ModelConfig
 from genossm.model.lm import GenoSSM
 
@@ -26,25 +25,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = 1
 RESERVED_KEYS = ("format", "genossm_version", "alphabet", "vocab", "model")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 TIED = {"lm_head.weight": "embedding.weight"}  # stored once, under the value's name
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, fsync the result, then os.replace it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_model(model: GenoSSM, directory, extra: dict | None = None) -> Path:
@@ -69,12 +50,12 @@ def save_model(model: GenoSSM, directory, extra: dict | None = None) -> Path:
     tensors = {name: t.detach().to("cpu").contiguous()
                for name, t in model.state_dict().items() if name not in TIED}
     metadata = {"format": "pt", "genossm_version": genossm.__version__}
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata=metadata))
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata=metadata))
 
     def write_text(p):
         with open(p, "w", encoding="utf-8") as f:
             f.write(text)
-    _atomic_write(directory / CONFIG_NAME, write_text)
+    atomic_write(directory / CONFIG_NAME, write_text)
     return directory
 
 

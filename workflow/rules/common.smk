@@ -126,3 +126,49 @@ def evaluate_options(wildcards):
     if opts.get("regions"):
         args.append(f"--regions {opts['regions']}")
     return " ".join(args)
+
+
+# --- scoring and embedding: named call sets and region sets ----------------------------------
+CALLSETS = config["score"]["callsets"]
+REGION_SETS = config["embed"]["regions"]
+
+
+wildcard_constraints:
+    callset="|".join(CALLSETS),
+    regions="|".join(REGION_SETS),
+
+
+def scored_callsets():
+    return expand("results/score/{model}/{callset}.vcf.gz", model=MODELS, callset=CALLSETS)
+
+
+def embeddings():
+    return expand("results/embed/{model}/{regions}.zarr", model=MODELS, regions=REGION_SETS)
+
+
+def callset_vcf(wildcards):
+    return CALLSETS[wildcards.callset]
+
+
+def region_set_bed(wildcards):
+    return REGION_SETS[wildcards.regions]
+
+
+def score_options(wildcards):
+    opts = config["score"]
+    args = [f"--device {opts['device']}", f"--window {opts['window']}",
+            f"--batch-size {opts['batch_size']}"]
+    if opts.get("rename_chroms"):
+        args.append(f"--rename-chroms {opts['rename_chroms']}")
+    return " ".join(args)
+
+
+def embed_options(wildcards):
+    opts = config["embed"]
+    args = [f"--device {opts['device']}", f"--layer {opts['layer']}",
+            f"--chunk-length {opts['chunk_length']}"]
+    if opts.get("per_base"):
+        args.append("--per-base")
+    if opts.get("rc_average"):
+        args.append("--rc-average")
+    return " ".join(args)

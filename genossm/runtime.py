@@ -1,10 +1,12 @@
-"""Where the model runs: one resolver for every command's ``--device`` and ``--threads``."""
+"""What every model-running command shares: ``--device``, ``--threads`` and opening a model
+directory, with bad input turned into InputError."""
 
 from __future__ import annotations
 
 import torch
 
 from genossm.errors import InputError
+from genossm.model import GenoSSM, load_model
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -31,3 +33,11 @@ def set_threads(threads: int | None) -> None:
     """CPU threads for torch's intra-op parallelism (None: torch's default)."""
     if threads:
         torch.set_num_threads(threads)
+
+
+def open_model(model_dir, device="auto") -> GenoSSM:
+    """The model of a model directory on the resolved device (eval mode)."""
+    try:
+        return load_model(model_dir, resolve_device(device))
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(None, str(e)) from None

@@ -1,0 +1,381 @@
+"""``genossm embed``: regions of a FASTA -> a model's hidden states, pooled and per base.
+
+Regions come from a BED file (chrom, start, end, optional name, score, strand) or, without one,
+are the FASTA's records, each whole. A region on strand ``-`` is embedded as the sequence on that
+strand: the reverse complement of [start, end), its per-base rows in that strand's 5'->3' order.
+
+Causal models are streamed over each region in pieces of ``chunk_length`` bases, carrying the
+model state and fetching the FASTA piece by piece, so memory does not grow with the region's
+length; the result equals one full pass (the model's streaming contract). Non-causal models
+(bidirectional, rc_equivariant) read a region right to left too and take it in one pass, up to
+``max_length`` bases. With ``rc_average`` the other strand is run as well (streamed from the
+region's far end) and the two are averaged position by position; the pooled vector is the mean
+of the two strands' means. An rc_equivariant model already sees both strands (its hidden states
+are [forward strand, reverse strand]), so ``rc_average`` is then skipped with a warning.
+
+Output, a Zarr v3 group written under a temporary name and renamed when complete::
+
+    OUT.zarr/
+      attrs: genossm = {format: 1, kind: "embeddings", model, model_config, layer, pooling: "mean",
+                        rc_average, per_base, width, fasta, bed, created_by}   (written last)
+      regions/chrom, regions/name, regions/strand   string [n_regions] (strand "+", "-" or ".")
+      regions/start, regions/end                    int64 [n_regions] (0-based, half-open)
+      pooled              float32 [n_regions, width]   mean over the region's bases (N included)
+      per_base            float32 [total bases, width] (--per-base) regions one after another
+      per_base_offsets    int64 [n_regions + 1]        (--per-base) region i is rows
+                                                       per_base_offsets[i]:per_base_offsets[i+1]
+
+``width`` is d_model, or 2·d_model for rc_equivariant models; ``layer`` is the resolved index
+into the residual stream (0 = embedding output, n_layer = the final normalised output).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pysam
+import torch
+import zarr
+from tqdm import tqdm
+
+from genossm import __version__, alphabet
+from genossm.data import read_bed
+from genossm.errors import InputError
+from genossm.fileio import open_fasta, replace_path
+from genossm.model import GenoSSM
+from genossm.runtime import open_model
+
+log = logging.getLogger("genossm.embed")
+
+FORMAT_VERSION = 1
+DEFAULT_CHUNK_LENGTH = 1 << 16
+DEFAULT_MAX_LENGTH = 1 << 20
+CHUNK_BYTES = 4 << 20      # target size of one Zarr chunk of per-base or pooled rows
+STRANDS = ("+", "-", ".")
+
+
+@dataclass(frozen=True)
+class Region:
+    """One region to embed; ``source`` and ``place`` say where it came from (for errors)."""
+    chrom: str
+    start: int
+    end: int
+    name: str
+    strand: str
+    source: str
+    place: str
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def error(self, message: str) -> InputError:
+        return InputError(self.source, message, place=self.place)
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def bed_regions(bed, fasta: pysam.FastaFile) -> list[Region]:
+    """The BED's regions, each checked against the FASTA's contigs."""
+    bed = Path(bed)
+    records = read_bed(bed)
+    lines = bed.read_text().splitlines()  # read_bed has checked that it reads
+    lengths = dict(zip(fasta.references, fasta.lengths, strict=True))
+    regions = []
+    for chrom, start, end, number in records:
+        fields = [f.strip() for f in lines[number - 1].split("\t")]
+        name = fields[3] if len(fields) > 3 else ""
+        strand = fields[5] if len(fields) > 5 else "."
+        region = Region(chrom, start, end, name, strand, str(bed), f"line {number}")
+        if strand not in STRANDS:
+            raise region.error(f"strand must be +, - or ., got {strand!r}")
+        if chrom not in lengths:
+            raise region.error(f"contig {chrom!r} is not in {os.fsdecode(fasta.filename)}")
+        if end > lengths[chrom]:
+            raise region.error(f"{chrom}:{start}-{end} runs past the contig's end "
+                               f"({lengths[chrom]:,})")
+        regions.append(region)
+    if not regions:
+        raise InputError(bed, "no regions")
+    return regions
+
+
+def fasta_regions(fasta: pysam.FastaFile) -> list[Region]:
+    """Every FASTA record, whole, as one forward-strand region. (htslib leaves records without
+    sequence out of the index; one listed with length 0 by a foreign .fai is an error.)"""
+    path = os.fsdecode(fasta.filename)
+    regions = []
+    for name, length in zip(fasta.references, fasta.lengths, strict=True):
+        region = Region(name, 0, length, name, "+", path, f"record {name!r}")
+        if length == 0:
+            raise region.error("no sequence to embed")
+        regions.append(region)
+    return regions
+
+
+# --------------------------------------------------------------------------- the model pass
+
+
+class Embedder:
+    """Hidden states of one layer over regions of a FASTA, piece by piece."""
+
+    def __init__(self, model: GenoSSM, fasta: pysam.FastaFile, *, layer: int,
+                 chunk_length: int):
+        self.model = model
+        self.fasta = fasta
+        self.layer = layer
+        self.chunk_length = chunk_length
+        self.streaming = model.config.causal
+        self.device = model.embedding.weight.device
+        self.width = model.config.d_model * (2 if model.config.rc_equivariant else 1)
+
+    def pieces(self, length: int, mirrored: bool) -> list[tuple[int, int]]:
+        """[lo, hi) pieces of a pass over ``length`` bases. Mirrored pieces put the short one
+        first, so that piece k of a mirrored pass covers the positions of piece -1-k of a plain
+        pass read from the other end."""
+        step = self.chunk_length if self.streaming else length
+        cuts = [*range(0, length, step), length]
+        if mirrored:
+            cuts = [length - c for c in reversed(cuts)]
+        return list(zip(cuts[:-1], cuts[1:], strict=False))
+
+    def run(self, region: Region, reverse: bool, mirrored: bool = False
+            ) -> Iterator[torch.Tensor]:
+        """(n, width) hidden states of consecutive pieces of the region's sequence on one
+        strand: forward, or (``reverse``) the reverse complement of [start, end)."""
+        state = self.model.initial_state(1) if self.streaming else None
+        for lo, hi in self.pieces(region.length, mirrored):
+            if reverse:
+                codes = alphabet.reverse_complement(
+                    self.fetch(region, region.end - hi, region.end - lo))
+            else:
+                codes = self.fetch(region, region.start + lo, region.start + hi)
+            tokens = torch.from_numpy(codes.astype(np.int64))[None].to(self.device)
+            if state is None:
+                hidden = self.model.hidden_states(tokens, self.layer)
+            else:
+                hidden, state = self.model.hidden_states(tokens, self.layer, state)
+            yield hidden[0]
+
+    def fetch(self, region: Region, start: int, end: int) -> np.ndarray:
+        seq = self.fasta.fetch(region.chrom, start, end)
+        if len(seq) != end - start:
+            raise region.error(f"FASTA returned {len(seq)} bases for {region.chrom}:"
+                               f"{start}-{end}")
+        try:
+            return alphabet.encode(seq)
+        except ValueError as e:
+            raise InputError(os.fsdecode(self.fasta.filename), str(e),
+                             place=f"contig {region.chrom!r} from base {start}") from None
+
+
+class PieceStack:
+    """Pieces of per-base rows pushed in order and popped last-first, in constant memory: all
+    but the newest wait in an unlinked temporary file."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.file = None
+        self.sizes: list[int] = []   # bytes of each piece in the file, in order
+        self.used = 0                # their sum: where the next piece goes
+        self.top: np.ndarray | None = None
+
+    def push(self, rows: np.ndarray) -> None:
+        if self.top is not None:
+            if self.file is None:
+                self.file = tempfile.TemporaryFile(dir=self.directory, prefix=".genossm-embed-")
+            self.file.seek(self.used)
+            self.file.write(self.top.tobytes())
+            self.sizes.append(self.top.nbytes)
+            self.used += self.top.nbytes
+        self.top = np.ascontiguousarray(rows)
+
+    def pop(self, width: int) -> np.ndarray:
+        if self.top is not None:
+            rows, self.top = self.top, None
+            return rows
+        size = self.sizes.pop()
+        self.used -= size
+        self.file.flush()
+        data = os.pread(self.file.fileno(), size, self.used)
+        return np.frombuffer(data, dtype=np.float32).reshape(-1, width)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+class RowWriter:
+    """Appends rows to a pre-sized 2-D Zarr array through a one-chunk buffer, so that every
+    write covers whole chunks however the rows arrive."""
+
+    def __init__(self, array):
+        self.array = array
+        self.buffer = np.empty((array.chunks[0], array.shape[1]), dtype=np.float32)
+        self.filled = 0
+        self.written = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        while len(rows):
+            take = min(len(rows), len(self.buffer) - self.filled)
+            self.buffer[self.filled:self.filled + take] = rows[:take]
+            self.filled += take
+            rows = rows[take:]
+            if self.filled == len(self.buffer):
+                self.flush()
+
+    def flush(self) -> None:
+        if self.filled:
+            self.array[self.written:self.written + self.filled] = self.buffer[:self.filled]
+            self.written += self.filled
+            self.filled = 0
+
+
+def _as_rows(hidden: torch.Tensor) -> np.ndarray:
+    return hidden.float().cpu().numpy()
+
+
+def embed_region(embedder: Embedder, region: Region, *, rc_average: bool,
+                 per_base: RowWriter | None, stack: PieceStack | None, bar: tqdm) -> np.ndarray:
+    """The region's pooled vector (float64); its per-base rows go to ``per_base``.
+
+    With ``rc_average`` the other strand runs first, in mirrored pieces, so that each piece of
+    the region's own strand meets the other strand's piece over the same bases (popped from
+    ``stack``, flipped to this strand's order)."""
+    reverse = region.strand == "-"
+    means = []
+    if rc_average:
+        total = torch.zeros(embedder.width, dtype=torch.float64, device=embedder.device)
+        for hidden in embedder.run(region, not reverse, mirrored=True):
+            total += hidden.sum(0, dtype=torch.float64)
+            if per_base is not None:
+                stack.push(_as_rows(hidden))
+            bar.update(len(hidden))
+        means.append(total / region.length)
+    total = torch.zeros(embedder.width, dtype=torch.float64, device=embedder.device)
+    for hidden in embedder.run(region, reverse):
+        total += hidden.sum(0, dtype=torch.float64)
+        if per_base is not None:
+            rows = _as_rows(hidden)
+            if rc_average:
+                rows = 0.5 * (rows + stack.pop(embedder.width)[::-1])
+            per_base.append(rows)
+        bar.update(len(hidden))
+    means.append(total / region.length)
+    return (sum(means) / len(means)).cpu().numpy()
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _chunk_rows(width: int, count: int) -> int:
+    return max(1, min(count, CHUNK_BYTES // (4 * width)))
+
+
+def _write_regions(group, regions: list[Region]) -> None:
+    g = group.create_group("regions")
+    chunks = (_chunk_rows(1, len(regions)),)
+    for field in ("chrom", "name", "strand"):
+        values = np.array([getattr(r, field) for r in regions], dtype=np.dtypes.StringDType())
+        g.create_array(field, shape=values.shape, dtype=str, chunks=chunks)[:] = values
+    for field in ("start", "end"):
+        values = np.array([getattr(r, field) for r in regions], dtype=np.int64)
+        g.create_array(field, shape=values.shape, dtype=np.int64, chunks=chunks)[:] = values
+
+
+def embed(model_dir, fasta, output, *, bed=None, per_base: bool = False, layer: int = -1,
+          rc_average: bool = False, chunk_length: int = DEFAULT_CHUNK_LENGTH,
+          max_length: int = DEFAULT_MAX_LENGTH, device="auto", force: bool = False,
+          progress: bool = True) -> dict:
+    """Embed the regions of ``bed`` (or every record of ``fasta``) with the model in
+    ``model_dir`` into the Zarr group ``output`` (layout in the module docstring). Returns a
+    summary: output, regions, bases, width."""
+    output = Path(output)
+    if output.exists() and not force:
+        raise InputError(output, "output exists; use --force to replace it")
+    for option, value in (("--chunk-length", chunk_length), ("--max-length", max_length)):
+        if value < 1:
+            raise InputError(None, f"{option} must be positive, got {value}")
+    with open_fasta(fasta) as fa:
+        regions = bed_regions(bed, fa) if bed else fasta_regions(fa)
+        model = open_model(model_dir, device)
+        cfg = model.config
+        if not -(cfg.n_layer + 1) <= layer <= cfg.n_layer:
+            raise InputError(None, f"--layer {layer} is out of range for a model of "
+                                   f"{cfg.n_layer} layers (0..{cfg.n_layer} or -1..-"
+                                   f"{cfg.n_layer + 1})")
+        if not cfg.causal:
+            too_long = next((r for r in regions if r.length > max_length), None)
+            if too_long is not None:
+                raise too_long.error(f"{too_long.length:,} bases is more than --max-length "
+                                     f"{max_length:,}: a non-causal model (bidirectional or "
+                                     "rc_equivariant) embeds a region in one pass")
+        if rc_average and cfg.rc_equivariant:
+            log.warning("the model is rc_equivariant (its hidden states already hold both "
+                        "strands): --rc-average has no effect")
+            rc_average = False
+        embedder = Embedder(model, fa, layer=layer % (cfg.n_layer + 1),
+                            chunk_length=chunk_length)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
+        stack = PieceStack(output.parent) if per_base and rc_average else None
+        try:
+            group = _write(embedder, regions, tmp, per_base=per_base, rc_average=rc_average,
+                           stack=stack, progress=progress)
+            attrs = {
+                "format": FORMAT_VERSION, "kind": "embeddings", "model": str(model_dir),
+                "model_config": cfg.to_dict(), "layer": embedder.layer, "pooling": "mean",
+                "rc_average": rc_average, "per_base": per_base, "width": embedder.width,
+                "fasta": str(fasta), "bed": None if bed is None else str(bed),
+                "created_by": f"genossm {__version__}",
+            }
+            group.attrs["genossm"] = attrs  # last: marks the group complete
+            replace_path(tmp, output)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            if stack is not None:
+                stack.close()
+    return {"output": str(output), "regions": len(regions),
+            "bases": sum(r.length for r in regions), "width": embedder.width}
+
+
+def _write(embedder: Embedder, regions: list[Region], path: Path, *, per_base: bool,
+           rc_average: bool, stack: PieceStack | None, progress: bool) -> zarr.Group:
+    """Build the group at ``path``, all but its ``genossm`` attribute."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    _write_regions(group, regions)
+    width = embedder.width
+    lengths = np.array([r.length for r in regions], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    pooled = RowWriter(group.create_array(
+        "pooled", shape=(len(regions), width), dtype=np.float32,
+        chunks=(_chunk_rows(width, len(regions)), width)))
+    rows = None
+    if per_base:
+        rows = RowWriter(group.create_array(
+            "per_base", shape=(int(offsets[-1]), width), dtype=np.float32,
+            chunks=(_chunk_rows(width, int(offsets[-1])), width)))
+        group.create_array("per_base_offsets", shape=offsets.shape, dtype=np.int64,
+                           chunks=offsets.shape)[:] = offsets
+    passes = 2 if rc_average else 1
+    with torch.inference_mode(), tqdm(total=int(offsets[-1]) * passes, unit="b",
+                                      unit_scale=True, desc="embed", disable=not progress,
+                                      leave=False) as bar:
+        for region in regions:
+            pooled.append(embed_region(embedder, region, rc_average=rc_average,
+                                       per_base=rows, stack=stack, bar=bar)[None])
+    pooled.flush()
+    if rows is not None:
+        rows.flush()
+    return group

@@ -1,0 +1,28 @@
+rule score:
+    """Call set (VCF/BCF) + reference FASTA + model -> scored VCF (bgzipped, tabix-indexed)
+    and a table with one row per (record, alt allele)."""
+    input:
+        vcf=callset_vcf,
+        fasta=config["score"]["fasta"],
+        model="results/models/{model}",
+    output:
+        vcf="results/score/{model}/{callset}.vcf.gz",
+        tbi="results/score/{model}/{callset}.vcf.gz.tbi",
+        table="results/score/{model}/{callset}.tsv",
+    log:
+        "logs/score/{model}/{callset}.log",
+    benchmark:
+        "results/benchmarks/score/{model}/{callset}.tsv"
+    params:
+        options=score_options,
+    threads: config["score"]["threads"]
+    resources:
+        mem_mb=config["score"]["mem_mb"],
+        runtime=config["score"]["runtime"],
+        gpu=config["score"]["gpus"],
+    conda:
+        "../../envs/genossm.yaml"
+    shell:
+        "genossm score {input.vcf} --fasta {input.fasta} --model {input.model} "
+        "-o {output.vcf} --table {output.table} --threads {threads} --quiet "
+        "{params.options} > {log} 2>&1"
