@@ -413,7 +413,7 @@ class Scorer:
             inside = position[None] < lengths[:, None]
             part = (h * inside[..., None]).sum(1, dtype=torch.float64)
             h_sum = part if h_sum is None else h_sum + part
-            logits = self._logits(h)
+            logits = self.model.head(h)
             if start + chunk.shape[1] > score_from:
                 if previous_logits is None:
                     predicted, targets, position = logits[:, :-1], chunk[:, 1:], position[1:]
@@ -444,7 +444,7 @@ class Scorer:
         windows = [np.concatenate([r.left, np.full(len(r.ref), alphabet.MASK, np.uint8),
                                    r.right]) for r in masked]
         logps = iter(self._full_pass(windows, rc, lambda h: torch.log_softmax(
-            self._logits(h).float(), -1)))
+            self.model.head(h).float(), -1)))
         out = []
         for record in records:
             if SCORED not in record.status:
@@ -488,13 +488,6 @@ class Scorer:
         return results
 
     # --- helpers -------------------------------------------------------------------------
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        """The head over final hidden states (both strands' halves for rc_equivariant)."""
-        if self.config.rc_equivariant:
-            fwd, rev = h.chunk(2, dim=-1)
-            return self.model.lm_head(fwd) + self.model.lm_head(rev)[..., self.model.complement]
-        return self.model.lm_head(h)
-
     def _tensor(self, codes: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(codes).astype(np.int64)).to(self.device)
 

@@ -14,4 +14,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
+
+
+@pytest.fixture
+def one_thread():
+    """For modules of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    one torch thread is as fast for them, and much steadier on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

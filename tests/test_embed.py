@@ -20,13 +20,7 @@ RC = str.maketrans("ACGTN", "TGCAN")
 REGIONS = [("20", 60_100, 61_137, "first", "+"), ("20", 500_000, 500_800, "second", "-")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast, and much steadier on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(seed=0, **kw) -> GenoSSM:

@@ -28,12 +28,7 @@ MASK = 5
 GENOSSM_KEYS = ("GENOSSM_LLR", "GENOSSM_COS", "GENOSSM_L2", "GENOSSM_STATUS")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(directory, seed=0, **kw):

@@ -32,12 +32,7 @@ from helpers import CHR20, LAMBDA
 TINY = {"d_model": 32, "n_layer": 2, "d_state": 8, "headdim": 16, "chunk_size": 32}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +58,14 @@ def losses(model_dir: Path) -> list[tuple]:
     """(split, step, loss) of every metrics line; the timing fields differ between runs."""
     lines = (model_dir / "metrics.jsonl").read_text().splitlines()
     return [(m["split"], m["step"], m["loss"]) for m in map(json.loads, lines)]
+
+
+def assert_same_weights(a_dir: Path, b_dir: Path, **tolerance):
+    a = load_file(a_dir / "model.safetensors")
+    b = load_file(b_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], **tolerance)
 
 
 def test_schedules_by_hand():
@@ -119,9 +122,7 @@ def test_resume_equals_uninterrupted(stores, tmp_path, monkeypatch):
 
     train([stores["chr20"]], tmp_path / "resumed", cfg, resume=True, progress=False)
     assert losses(tmp_path / "resumed") == losses(tmp_path / "whole")
-    a = load_file(tmp_path / "whole" / "model.safetensors")
-    b = load_file(tmp_path / "resumed" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(tmp_path / "whole", tmp_path / "resumed", rtol=0, atol=0)
 
 
 def test_gradient_accumulation_equals_one_big_batch(stores, tmp_path):
@@ -134,10 +135,7 @@ def test_gradient_accumulation_equals_one_big_batch(stores, tmp_path):
     assert [x[:2] for x in losses(tmp_path / "big")] == [x[:2] for x in losses(tmp_path / "small")]
     assert [x[2] for x in losses(tmp_path / "big")] == \
         pytest.approx([x[2] for x in losses(tmp_path / "small")], rel=1e-5)
-    a = load_file(tmp_path / "big" / "model.safetensors")
-    b = load_file(tmp_path / "small" / "model.safetensors")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    assert_same_weights(tmp_path / "big", tmp_path / "small", rtol=1e-4, atol=1e-6)
 
 
 def test_max_time_and_mlm(stores, tmp_path):
@@ -212,10 +210,7 @@ def test_torchrun_two_gloo_processes_equal_one_process(stores, tmp_path):
     train([stores["lambda"]], tmp_path / "single", single, progress=False)
     assert [x[2] for x in losses(tmp_path / "ddp")] == \
         pytest.approx([x[2] for x in losses(tmp_path / "single")], rel=1e-5)
-    a = load_file(tmp_path / "ddp" / "model.safetensors")
-    b = load_file(tmp_path / "single" / "model.safetensors")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert_same_weights(tmp_path / "ddp", tmp_path / "single", rtol=1e-4, atol=1e-5)
 
 
 def test_cli_refusals(stores, tmp_path, capsys):

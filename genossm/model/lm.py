@@ -110,11 +110,16 @@ class GenoSSM(nn.Module):
         given (streaming; causal models only). ``backend`` overrides config.scan_backend."""
         if state is not None:
             h, state = self._trunk(tokens, self.config.n_layer, state, backend)
-            return self.lm_head(h), state
+            return self.head(h), state
+        return self.head(self.hidden_states(tokens, backend=backend))
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits from final hidden states (``hidden_states(..., layer=-1)``): the tied head, and
+        for rc_equivariant models the sum over the two strand halves, the reverse strand's with
+        the vocabulary complemented."""
         if self.config.rc_equivariant:
-            fwd, rev = self._both_strands(tokens, self.config.n_layer, backend)
+            fwd, rev = h.chunk(2, dim=-1)
             return self.lm_head(fwd) + self.lm_head(rev)[..., self.complement]
-        h, _ = self._trunk(tokens, self.config.n_layer, None, backend)
         return self.lm_head(h)
 
     def hidden_states(self, tokens: torch.Tensor, layer: int = -1,
