@@ -77,38 +77,105 @@ def test_model_targets(workdir):
     config.write_text(config.read_text().replace("max_steps: null", "max_steps: 6")
                       .replace("markov_max_order: 10", "markov_max_order: 4")
                       .replace("window: 4096", "window: 256"))
-    snakemake(workdir, "--cores", "2", "results/evaluate/small/metrics.json",
-              "results/score/small/tabix_5.vcf.gz", "results/embed/small/chr20_tiles.zarr")
-    info = json.loads((workdir / "results/models/small/config.json").read_text())
+    snakemake(workdir, "--cores", "2", "results/evaluate/chr20/small/metrics.json",
+              "results/score/chr20/small/tabix_5.vcf.gz",
+              "results/embed/chr20/small/chr20_tiles.zarr")
+    info = json.loads((workdir / "results/models/chr20/small/config.json").read_text())
     assert info["training"]["steps"] == 6
     assert info["training"]["stores"] == ["results/tokens/chr20.zarr"]
-    metrics = json.loads((workdir / "results/evaluate/small/metrics.json").read_text())
+    metrics = json.loads((workdir / "results/evaluate/chr20/small/metrics.json").read_text())
     assert metrics["bases_scored"] == 100_000 - 1           # the held-out last 5 %, less base 1
     assert metrics["training_overlap_bases"] == 0
     assert 0 <= metrics["markov_order"] <= 4
     for png in ("training_curves.png", "bits_by_position.png"):
-        assert (workdir / "results/evaluate/small" / png).read_bytes()[:4] == b"\x89PNG"
+        assert (workdir / "results/evaluate/chr20/small" / png).read_bytes()[:4] == b"\x89PNG"
     vcf = ROOT / "config/data/tabix_5.chr20_1-2000000.vcf"
     with pysam.VariantFile(str(vcf)) as a, \
-            pysam.VariantFile(str(workdir / "results/score/small/tabix_5.vcf.gz")) as b:
+            pysam.VariantFile(str(workdir / "results/score/chr20/small/tabix_5.vcf.gz")) as b:
         records = list(zip(a, b, strict=True))           # every record, in order
     assert all((x.pos, x.ref, x.alts) == (y.pos, y.ref, y.alts) for x, y in records)
     assert sum(y.info["GENOSSM_STATUS"][0] == "scored" for _, y in records) > 250
-    assert (workdir / "results/score/small/tabix_5.vcf.gz.tbi").is_file()
-    emb = zarr.open_group(workdir / "results/embed/small/chr20_tiles.zarr", mode="r")
+    assert (workdir / "results/score/chr20/small/tabix_5.vcf.gz.tbi").is_file()
+    emb = zarr.open_group(workdir / "results/embed/chr20/small/chr20_tiles.zarr", mode="r")
     assert emb["pooled"].shape == (10, 64)
     assert list(emb["regions/start"][:]) == list(range(100_000, 2_000_000, 190_000))
-    for rule, name in (("train", "small"), ("evaluate", "small"), ("score", "small/tabix_5"),
-                       ("embed", "small/chr20_tiles")):
+    for rule, name in (("train", "chr20/small"), ("evaluate", "chr20/small"),
+                       ("score", "chr20/small/tabix_5"), ("embed", "chr20/small/chr20_tiles")):
         assert (workdir / f"logs/{rule}/{name}.log").read_text().strip().splitlines()[-1] \
             .startswith(f"genossm {rule}:")
         assert (workdir / f"results/benchmarks/{rule}/{name}.tsv").is_file()
 
 
+def job_counts(output: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table of a dry run."""
+    lines = output[output.index("Job stats:"):].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) != 2 or not fields[1].isdigit():
+            break
+        counts[fields[0]] = int(fields[1])
+    return counts
+
+
+def test_three_genomes_two_models_two_callsets_and_region_sets(workdir):
+    """N genomes x M models x K call sets / region sets: every combination becomes a job."""
+    data = "config/data"
+    genomes = {"human": f"{data}/chr20_b37_1-2000000.fa.gz", "phage": f"{data}/lambda_virus.fa.gz",
+               "ex1": f"{data}/ex1.fa"}
+    sheet = lambda header, rows: "\t".join(header) + "\n" + "".join(  # noqa: E731
+        "\t".join(r) + "\n" for r in rows)
+    (workdir / "config/samples.tsv").write_text(sheet(
+        ["name", "inputs"], [[g, fa] for g, fa in genomes.items()]))
+    (workdir / "config/genomes.tsv").write_text(sheet(
+        ["name", "fasta", "train"], [[g, fa, g] for g, fa in genomes.items()]))
+    (workdir / "config/callsets.tsv").write_text(sheet(
+        ["name", "genome", "vcf"], [[f"{g}_calls{k}", g, f"{data}/tabix_{k}.chr20_1-2000000.vcf"]
+                                    for g in genomes for k in (4, 5)]))
+    (workdir / "config/region_sets.tsv").write_text(sheet(
+        ["name", "genome", "bed"], [[f"{g}_regions{k}", g, "config/regions/chr20_tiles.bed"]
+                                    for g in genomes for k in (1, 2)]))
+    config = workdir / "config/config.yaml"
+    config.write_text(config.read_text().replace(
+        "  small: config/models/small.yaml", "  small: config/models/small.yaml\n"
+        "  small_b: config/models/small.yaml"))
+    proc = snakemake(workdir, "-n", "--cores", "2")
+    assert job_counts(proc.stdout + proc.stderr) == {
+        "tokenize": 3, "train": 6, "evaluate": 6, "score": 12, "embed": 12, "all": 1,
+        "total": 40}
+    for path in ("results/models/phage/small_b", "results/score/ex1/small/ex1_calls5.vcf.gz",
+                 "results/embed/human/small_b/human_regions2.zarr"):
+        assert path in proc.stdout
+
+
+def rule_block(output: str, rule: str) -> str:
+    start = output.index(f"rule {rule}:")
+    return output[start:output.index("\n\n", start)]
+
+
+def test_slurm_profile_dry_run(workdir):
+    """The SLURM profile (snakemake-executor-plugin-slurm) plans every job with its per-rule
+    resources; a training job with 2 GPUs runs under torchrun, one process per GPU."""
+    profile = str(ROOT / "profiles" / "slurm")
+    out = snakemake(workdir, "--profile", profile, "-n").stdout
+    train = rule_block(out, "train")
+    assert "gpu=1" in train and "mem_mb=64000" in train and "runtime=1440" in train
+    assert "Shell command: genossm train results/tokens/chr20.zarr" in out
+    assert "gpu=1" in rule_block(out, "score")
+    two = snakemake(workdir, "--profile", profile, "-n", "--set-resources", "train:gpu=2").stdout
+    assert "Shell command: torchrun --standalone --nproc-per-node 2 -m genossm train " in two
+
+
 @pytest.mark.parametrize("edit,message", [
     (("config/config.yaml", "min_mapq: 0", "min_mapq: -3"), "-3 is less than the minimum"),
-    (("config/config.yaml", "samples: [chr20]", "samples: [chr21]"),
-     "train.samples: unknown sample(s) ['chr21']"),
+    (("config/genomes.tsv", "gz\tchr20\t", "gz\tchr21\t"),
+     "config/genomes.tsv: line 3 ('chr20'): train: unknown sample(s) ['chr21']"),
+    (("config/callsets.tsv", "tabix_5\tchr20", "tabix_5\thg38"),
+     "config/callsets.tsv: line 4 ('tabix_5'): genome: unknown genome(s) ['hg38']"),
+    (("config/region_sets.tsv", "\tconfig/regions/chr20_tiles.bed", "\t"),
+     "config/region_sets.tsv: line 3 ('chr20_tiles')"),
+    (("config/callsets.tsv", "\t\ntabix_5", "\tchr\ntabix_5"), "'chr' is not one of"),
+    (("config/config.yaml", "window: 4096", "window: 1"), "1 is less than the minimum"),
     (("config/config.yaml", "device: auto", "device: tpu"), "'tpu' is not one of"),
     (("config/config.yaml", "samples: config/samples.tsv", "sample: x"), "samples"),
     (("config/samples.tsv", "lambda\t", "lam bda\t"), "line 4 ('lam bda')"),

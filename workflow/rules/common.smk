@@ -1,4 +1,5 @@
-# Config and sample-sheet loading, validated with Snakemake's own `validate`.
+# Config and sheet loading, validated with Snakemake's own `validate`, and the input functions
+# that wire the rules together. Every sheet error names the file, the line and the row.
 
 import csv
 
@@ -8,8 +9,9 @@ from snakemake.utils import validate
 validate(config, "../schemas/config.schema.yaml")
 
 
-def _load_samples(path):
-    """Rows of the tab-separated sample sheet, each validated; errors name the line."""
+def load_sheet(path, schema, what):
+    """Rows of a tab-separated sheet keyed by their `name`, each validated against `schema`;
+    lines starting with '#' are comments."""
     with open(path, newline="") as fh:
         numbered = [
             (n, line) for n, line in enumerate(fh, start=1) if not line.startswith("#")
@@ -20,28 +22,69 @@ def _load_samples(path):
         row = {k: (v or "").strip() for k, v in row.items() if k is not None}
         where = f"{path}: line {number} ({row.get('name')!r})"
         try:
-            validate(row, "../schemas/samples.schema.yaml")
+            validate(row, schema)
         except Exception as e:
             raise ValueError(f"{where}: {e}") from None
         if row["name"] in rows:
-            raise ValueError(f"{where}: duplicate sample name")
-        rows[row["name"]] = row
+            raise ValueError(f"{where}: duplicate {what} name")
+        rows[row["name"]] = dict(row, where=where)
     if not rows:
-        raise ValueError(f"{path}: the sample sheet has no rows")
+        raise ValueError(f"{path}: the {what} sheet has no rows")
     return rows
 
 
-SAMPLES = _load_samples(config["samples"])
+def _check_refs(rows, column, known, what, split=False):
+    """Every row's `column` names rows of `known` (a ';'-separated list when `split`)."""
+    for row in rows.values():
+        names = [n for n in row[column].split(";") if n] if split else [row[column]]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"{row['where']}: {column}: unknown {what} {unknown}; known: "
+                             f"{sorted(known)}")
+
+
+SAMPLES = load_sheet(config["samples"], "../schemas/samples.schema.yaml", "sample")
+GENOMES = load_sheet(config["genomes"], "../schemas/genomes.schema.yaml", "genome")
+CALLSETS = load_sheet(config["callsets"], "../schemas/callsets.schema.yaml", "call set")
+REGION_SETS = load_sheet(config["region_sets"], "../schemas/region_sets.schema.yaml",
+                         "region set")
+MODELS = config["models"]
+_check_refs(GENOMES, "train", SAMPLES, "sample(s)", split=True)
+_check_refs({k: v for k, v in GENOMES.items() if v.get("evaluate")}, "evaluate", SAMPLES,
+            "sample(s)")
+_check_refs(CALLSETS, "genome", GENOMES, "genome(s)")
+_check_refs(REGION_SETS, "genome", GENOMES, "genome(s)")
 
 
 wildcard_constraints:
     name="|".join(SAMPLES),
+    genome="|".join(GENOMES),
+    model="|".join(MODELS),
+    callset="|".join(CALLSETS),
+    regions="|".join(REGION_SETS),
 
 
+# --- targets ---------------------------------------------------------------------------------
 def token_stores():
     return expand("results/tokens/{name}.zarr", name=SAMPLES)
 
 
+def evaluations():
+    return expand("results/evaluate/{genome}/{model}/metrics.json", genome=GENOMES,
+                  model=MODELS)
+
+
+def scored_callsets():
+    return [f"results/score/{row['genome']}/{model}/{name}.vcf.gz"
+            for name, row in CALLSETS.items() for model in MODELS]
+
+
+def embeddings():
+    return [f"results/embed/{row['genome']}/{model}/{name}.zarr"
+            for name, row in REGION_SETS.items() for model in MODELS]
+
+
+# --- tokenize --------------------------------------------------------------------------------
 def sample_inputs(wildcards):
     return SAMPLES[wildcards.name]["inputs"].split(";")
 
@@ -66,37 +109,21 @@ def tokenize_options(wildcards):
     return " ".join(args)
 
 
-# --- models: config["models"] maps a model name to its training config file -------------
-MODELS = config["models"]
-
-
-wildcard_constraints:
-    model="|".join(MODELS),
-
-
-def _require_samples(names, where):
-    unknown = [n for n in names if n not in SAMPLES]
-    if unknown:
-        raise ValueError(f"config {where}: unknown sample(s) {unknown}; the sample sheet has "
-                         f"{list(SAMPLES)}")
-    return names
-
-
-def model_dirs():
-    return expand("results/models/{model}", model=MODELS)
-
-
-def evaluations():
-    return expand("results/evaluate/{model}/metrics.json", model=MODELS)
-
-
+# --- train and evaluate ----------------------------------------------------------------------
 def training_stores(wildcards):
-    names = _require_samples(config["train"]["samples"], "train.samples")
+    names = [n for n in GENOMES[wildcards.genome]["train"].split(";") if n]
     return expand("results/tokens/{name}.zarr", name=names)
 
 
 def model_config_file(wildcards):
     return MODELS[wildcards.model]
+
+
+def train_launcher(wildcards, resources):
+    """`genossm`, or `torchrun` over it with one process per GPU when a job has several."""
+    if resources.gpu > 1:
+        return f"torchrun --standalone --nproc-per-node {resources.gpu} -m genossm"
+    return "genossm"
 
 
 def train_options(wildcards):
@@ -110,56 +137,54 @@ def train_options(wildcards):
 
 
 def evaluation_store(wildcards):
-    name = _require_samples([config["evaluate"]["sample"]], "evaluate.sample")[0]
+    row = GENOMES[wildcards.genome]
+    name = row.get("evaluate") or row["train"].split(";")[0]
     return f"results/tokens/{name}.zarr"
 
 
 def evaluation_regions(wildcards):
-    bed = config["evaluate"].get("regions")
+    bed = GENOMES[wildcards.genome].get("evaluate_regions")
     return [bed] if bed else []
 
 
-def evaluate_options(wildcards):
+def evaluate_options(wildcards, input):
     opts = config["evaluate"]
-    args = [f"--device {opts['device']}", f"--threads {opts['threads']}",
-            f"--markov-max-order {opts['markov_max_order']}"]
-    if opts.get("regions"):
-        args.append(f"--regions {opts['regions']}")
+    args = [f"--device {opts['device']}", f"--markov-max-order {opts['markov_max_order']}"]
+    if input.regions:
+        args.append(f"--regions {input.regions}")
     return " ".join(args)
 
 
-# --- scoring and embedding: named call sets and region sets ----------------------------------
-CALLSETS = config["score"]["callsets"]
-REGION_SETS = config["embed"]["regions"]
+# --- score and embed -------------------------------------------------------------------------
+def genome_fasta(wildcards):
+    return GENOMES[wildcards.genome]["fasta"]
 
 
-wildcard_constraints:
-    callset="|".join(CALLSETS),
-    regions="|".join(REGION_SETS),
-
-
-def scored_callsets():
-    return expand("results/score/{model}/{callset}.vcf.gz", model=MODELS, callset=CALLSETS)
-
-
-def embeddings():
-    return expand("results/embed/{model}/{regions}.zarr", model=MODELS, regions=REGION_SETS)
+def _belongs(row, wildcards, what):
+    if row["genome"] != wildcards.genome:
+        raise ValueError(f"{row['where']}: this {what} is on genome {row['genome']!r}, not "
+                         f"{wildcards.genome!r}")
 
 
 def callset_vcf(wildcards):
-    return CALLSETS[wildcards.callset]
+    row = CALLSETS[wildcards.callset]
+    _belongs(row, wildcards, "call set")
+    return row["vcf"]
 
 
 def region_set_bed(wildcards):
-    return REGION_SETS[wildcards.regions]
+    row = REGION_SETS[wildcards.regions]
+    _belongs(row, wildcards, "region set")
+    return row["bed"]
 
 
 def score_options(wildcards):
     opts = config["score"]
     args = [f"--device {opts['device']}", f"--window {opts['window']}",
             f"--batch-size {opts['batch_size']}"]
-    if opts.get("rename_chroms"):
-        args.append(f"--rename-chroms {opts['rename_chroms']}")
+    rename = CALLSETS[wildcards.callset].get("rename_chroms")
+    if rename:
+        args.append(f"--rename-chroms {rename}")
     return " ".join(args)
 
 

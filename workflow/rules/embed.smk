@@ -3,14 +3,14 @@ rule embed:
     region, per-base vectors on request."""
     input:
         bed=region_set_bed,
-        fasta=config["embed"]["fasta"],
-        model="results/models/{model}",
+        fasta=genome_fasta,
+        model="results/models/{genome}/{model}",
     output:
-        directory("results/embed/{model}/{regions}.zarr"),
+        directory("results/embed/{genome}/{model}/{regions}.zarr"),
     log:
-        "logs/embed/{model}/{regions}.log",
+        "logs/embed/{genome}/{model}/{regions}.log",
     benchmark:
-        "results/benchmarks/embed/{model}/{regions}.tsv"
+        "results/benchmarks/embed/{genome}/{model}/{regions}.tsv"
     params:
         options=embed_options,
     threads: config["embed"]["threads"]

@@ -2,25 +2,25 @@ rule evaluate:
     """Model -> bits per base on the held-out regions against the k-mer Markov baseline,
     with training curves and bits by position in the window."""
     input:
-        model="results/models/{model}",
+        model="results/models/{genome}/{model}",
         store=evaluation_store,
         regions=evaluation_regions,
     output:
-        metrics="results/evaluate/{model}/metrics.json",
+        metrics="results/evaluate/{genome}/{model}/metrics.json",
         curves=report(
-            "results/evaluate/{model}/training_curves.png",
+            "results/evaluate/{genome}/{model}/training_curves.png",
             caption="../report/training_curves.rst",
             category="Evaluation",
         ),
         by_position=report(
-            "results/evaluate/{model}/bits_by_position.png",
+            "results/evaluate/{genome}/{model}/bits_by_position.png",
             caption="../report/bits_by_position.rst",
             category="Evaluation",
         ),
     log:
-        "logs/evaluate/{model}.log",
+        "logs/evaluate/{genome}/{model}.log",
     benchmark:
-        "results/benchmarks/evaluate/{model}.tsv"
+        "results/benchmarks/evaluate/{genome}/{model}.tsv"
     params:
         options=evaluate_options,
     threads: config["evaluate"]["threads"]

@@ -3,16 +3,16 @@ rule score:
     and a table with one row per (record, alt allele)."""
     input:
         vcf=callset_vcf,
-        fasta=config["score"]["fasta"],
-        model="results/models/{model}",
+        fasta=genome_fasta,
+        model="results/models/{genome}/{model}",
     output:
-        vcf="results/score/{model}/{callset}.vcf.gz",
-        tbi="results/score/{model}/{callset}.vcf.gz.tbi",
-        table="results/score/{model}/{callset}.tsv",
+        vcf="results/score/{genome}/{model}/{callset}.vcf.gz",
+        tbi="results/score/{genome}/{model}/{callset}.vcf.gz.tbi",
+        table="results/score/{genome}/{model}/{callset}.tsv",
     log:
-        "logs/score/{model}/{callset}.log",
+        "logs/score/{genome}/{model}/{callset}.log",
     benchmark:
-        "results/benchmarks/score/{model}/{callset}.tsv"
+        "results/benchmarks/score/{genome}/{model}/{callset}.tsv"
     params:
         options=score_options,
     threads: config["score"]["threads"]

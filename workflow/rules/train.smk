@@ -5,12 +5,13 @@ rule train:
         stores=training_stores,
         config=model_config_file,
     output:
-        directory("results/models/{model}"),
+        directory("results/models/{genome}/{model}"),
     log:
-        "logs/train/{model}.log",
+        "logs/train/{genome}/{model}.log",
     benchmark:
-        "results/benchmarks/train/{model}.tsv"
+        "results/benchmarks/train/{genome}/{model}.tsv"
     params:
+        launcher=train_launcher,
         options=train_options,
     threads: config["train"]["threads"]
     resources:
@@ -20,5 +21,5 @@ rule train:
     conda:
         "../../envs/genossm.yaml"
     shell:
-        "genossm train {input.stores} -o {output} --config {input.config} --threads {threads} "
-        "--force --quiet {params.options} > {log} 2>&1"
+        "{params.launcher} train {input.stores} -o {output} --config {input.config} "
+        "--threads {threads} --force --quiet {params.options} > {log} 2>&1"
