@@ -122,7 +122,8 @@ def _cmd_score(args) -> int:
                         table=args.table, window=args.window, batch_size=args.batch_size,
                         device=args.device,
                         rename_chroms=args.rename_chroms, chrom_map=args.chrom_map,
-                        prefix_reuse=not args.no_prefix_reuse, progress=not args.quiet)
+                        prefix_reuse=not args.no_prefix_reuse, progress=not args.quiet,
+                        plot=args.plot)
     print(format_summary(summary))
     return 0
 
@@ -254,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.vcf.gz")
     p.add_argument("--table", type=Path, metavar="OUT.tsv",
                    help="one row per (record, alt allele) (default: OUT.tsv beside OUT.vcf.gz)")
+    p.add_argument("--plot", type=Path, metavar="OUT.png",
+                   help="also draw the distributions of the scores (LLR, cosine distance)")
     p.add_argument("--window", type=int, default=4096, metavar="W",
                    help="haplotype window centred on the variant, in bases (default 4096)")
     p.add_argument("--batch-size", type=int, default=32, metavar="B",

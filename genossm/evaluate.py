@@ -29,6 +29,7 @@ from genossm.fileio import atomic_write
 from genossm.markov import MarkovBaseline
 from genossm.model import GenoSSM, read_model_info
 from genossm.model.io import CONFIG_NAME
+from genossm.plots import plot_bits_by_position, plot_training_curves
 from genossm.runtime import open_model, resolve_device
 from genossm.store import TokenStore
 
@@ -345,65 +346,6 @@ def read_training_metrics(model_dir: Path) -> list[dict]:
 
 def _last(records: list[dict], split: str) -> dict | None:
     return next((r for r in reversed(records) if r.get("split") == split), None)
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def _save_figure(figure, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
-
-
-def plot_training_curves(records: list[dict], markov_bits: float, markov_order: int,
-                         path: Path) -> None:
-    """Train and validation bits per base against tokens seen (or step), with the baseline's
-    level on the evaluated regions."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = figure.add_subplot()
-    x_key = "tokens" if records and all("tokens" in r for r in records) else "step"
-    for split, style in (("train", "-"), ("val", "o-")):
-        points = [(r[x_key], r["bits_per_base"]) for r in records
-                  if r.get("split") == split and x_key in r and "bits_per_base" in r]
-        if points:
-            ax.plot(*zip(*points, strict=True), style, label=split, markersize=4)
-    ax.axhline(markov_bits, color="grey", linestyle="--",
-               label=f"Markov order {markov_order} (evaluated regions)")
-    if not records:
-        ax.text(0.5, 0.65, f"no {METRICS_NAME} in the model directory", ha="center",
-                transform=ax.transAxes)
-    ax.set_xlabel("tokens seen" if x_key == "tokens" else "step")
-    ax.set_ylabel("bits per base")
-    ax.set_title("Training curves")
-    ax.legend()
-    _save_figure(figure, path)
-
-
-def plot_bits_by_position(profile: dict, markov_bits: float, markov_order: int,
-                          path: Path) -> None:
-    """Model bits per base by position in the window (log x), with the baseline's level."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = figure.add_subplot()
-    points = [((b["start"] + b["end"] - 1) / 2, b["bits_per_base"]) for b in profile["bins"]
-              if b["bits_per_base"] is not None]
-    if points:
-        ax.plot(*zip(*points, strict=True), "o-", markersize=3, label="model")
-        ax.set_xscale("log")
-    else:
-        ax.text(0.5, 0.5, f"no region holds a whole window of {profile['seq_len']:,} bases",
-                ha="center", transform=ax.transAxes)
-    ax.axhline(markov_bits, color="grey", linestyle="--", label=f"Markov order {markov_order}")
-    ax.set_xlabel(f"position in a window of {profile['seq_len']:,} bases")
-    ax.set_ylabel("bits per base")
-    ax.set_title(f"Bits per base by position ({profile['windows']} windows)")
-    ax.legend()
-    _save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------- the command

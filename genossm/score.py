@@ -50,6 +50,7 @@ from genossm import __version__, alphabet
 from genossm.errors import InputError
 from genossm.fileio import open_fasta
 from genossm.model import GenoSSM, reverse_complement_logits
+from genossm.plots import plot_score_distributions
 from genossm.runtime import open_model
 
 DEFAULT_WINDOW = 4096
@@ -654,10 +655,10 @@ class _Annotator:
 def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAULT_WINDOW,
               batch_size: int = DEFAULT_BATCH_SIZE, device="auto",
               rename_chroms: str | None = None, chrom_map=None, prefix_reuse: bool = True,
-              progress: bool = True, piece_length: int | None = None) -> dict:
+              progress: bool = True, piece_length: int | None = None, plot=None) -> dict:
     """Score every record of ``vcf`` (module docstring) and write ``output`` (bgzipped VCF +
-    .tbi) and ``table`` (TSV; default beside the output). Returns the summary that
-    format_summary prints."""
+    .tbi) and ``table`` (TSV; default beside the output), and with ``plot`` a PNG of the score
+    distributions. Returns the summary that format_summary prints."""
     output, model_dir = Path(output), Path(model_dir)
     table = Path(table) if table is not None else default_table_path(output)
     if not output.name.endswith((".gz", ".bgz")):
@@ -685,6 +686,7 @@ def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAUL
     temps = _Temps(output, table)
     counts: Counter[str] = Counter()
     alt_alleles = 0
+    scored: dict[str, list] = {"llr": [], "cosine": [], "is_snv": []}
     try:
         with (pysam.BGZFile(str(temps.vcf), "wb") as out,
               open(temps.table, "w", encoding="utf-8") as tsv,
@@ -700,9 +702,18 @@ def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAUL
                     tsv.writelines(row + "\n" for row in table_rows(record))
                     counts.update(record.status if record.alts else ["no_alt"])
                     alt_alleles += len(record.alts)
+                    for i, alt in enumerate(record.alts):
+                        if record.status[i] in EMBEDDABLE:
+                            scored["llr"].append(record.llr[i])
+                            scored["cosine"].append(record.cos[i])
+                            scored["is_snv"].append(len(alt) == len(record.ref) == 1)
                 bar.update(len(batch))
         with _quiet_htslib():   # not a word about POS 0 (telomere) records
             pysam.tabix_index(str(temps.vcf), preset="vcf", force=True)
+        if plot is not None:
+            plot_score_distributions(scored["llr"], scored["cosine"], scored["is_snv"],
+                                     f"{Path(vcf).name} scored by {model_dir.name} "
+                                     f"(window {window:,})", Path(plot))
         temps.commit()
     except BaseException:
         temps.discard()

@@ -399,10 +399,11 @@ def test_cli_prints_summary_and_exits_2_on_bad_input(causal, tmp_path, capsys):
     out = tmp_path / "cli.vcf.gz"
     argv = ["score", str(VCF16), "--fasta", str(CHR20), "--model", str(model_dir), "-o",
             str(out), "--window", "32", "-q", "--threads", "1", "--device", "cpu"]
-    assert main(argv) == 0
+    assert main([*argv, "--plot", str(tmp_path / "scores.png")]) == 0
     printed = capsys.readouterr().out.strip()
     assert printed.startswith("genossm score: 11 records (21 alt alleles): 21 scored")
     assert (tmp_path / "cli.tsv").exists() and (tmp_path / "cli.vcf.gz.tbi").exists()
+    assert (tmp_path / "scores.png").read_bytes()[:4] == b"\x89PNG"
 
     assert main([*argv, "--batch-size", "0"]) == 2
     err = capsys.readouterr().err.strip()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pysam
 import pytest
 import zarr
@@ -70,16 +71,15 @@ def test_dry_run_lists_every_sample(workdir):
         assert f"results/tokens/{name}.zarr" in out
 
 
-def test_model_targets(workdir):
-    """tokenize -> train -> evaluate, score and embed on the embedded example, with training
-    shortened to a few steps and a short scoring window."""
+def test_whole_dag_then_nothing_to_do_then_report(workdir, tmp_path):
+    """The default DAG (tokenize -> train -> evaluate, score, embed) on the embedded example with
+    training cut to a few steps and a short scoring window; a second run does nothing; the
+    HTML report holds the plots and renders in headless Chromium."""
     config = workdir / "config/config.yaml"
     config.write_text(config.read_text().replace("max_steps: null", "max_steps: 6")
                       .replace("markov_max_order: 10", "markov_max_order: 4")
                       .replace("window: 4096", "window: 256"))
-    snakemake(workdir, "--cores", "2", "results/evaluate/chr20/small/metrics.json",
-              "results/score/chr20/small/tabix_5.vcf.gz",
-              "results/embed/chr20/small/chr20_tiles.zarr")
+    snakemake(workdir, "--cores", "2")
     info = json.loads((workdir / "results/models/chr20/small/config.json").read_text())
     assert info["training"]["steps"] == 6
     assert info["training"]["stores"] == ["results/tokens/chr20.zarr"]
@@ -87,15 +87,16 @@ def test_model_targets(workdir):
     assert metrics["bases_scored"] == 100_000 - 1           # the held-out last 5 %, less base 1
     assert metrics["training_overlap_bases"] == 0
     assert 0 <= metrics["markov_order"] <= 4
-    for png in ("training_curves.png", "bits_by_position.png"):
-        assert (workdir / "results/evaluate/chr20/small" / png).read_bytes()[:4] == b"\x89PNG"
-    vcf = ROOT / "config/data/tabix_5.chr20_1-2000000.vcf"
-    with pysam.VariantFile(str(vcf)) as a, \
-            pysam.VariantFile(str(workdir / "results/score/chr20/small/tabix_5.vcf.gz")) as b:
-        records = list(zip(a, b, strict=True))           # every record, in order
-    assert all((x.pos, x.ref, x.alts) == (y.pos, y.ref, y.alts) for x, y in records)
-    assert sum(y.info["GENOSSM_STATUS"][0] == "scored" for _, y in records) > 250
-    assert (workdir / "results/score/chr20/small/tabix_5.vcf.gz.tbi").is_file()
+    for png in ("evaluate/chr20/small/training_curves.png",
+                "evaluate/chr20/small/bits_by_position.png", "score/chr20/small/tabix_5.png"):
+        assert (workdir / "results" / png).read_bytes()[:4] == b"\x89PNG"
+    for callset in ("tabix_4", "tabix_5", "tabix_16"):
+        vcf = ROOT / f"config/data/{callset}.chr20_1-2000000.vcf"
+        out = workdir / f"results/score/chr20/small/{callset}.vcf.gz"
+        with pysam.VariantFile(str(vcf)) as a, pysam.VariantFile(str(out)) as b:
+            records = list(zip(a, b, strict=True))       # every record, in order
+        assert all((x.pos, x.ref, x.alts) == (y.pos, y.ref, y.alts) for x, y in records)
+        assert Path(f"{out}.tbi").is_file()
     emb = zarr.open_group(workdir / "results/embed/chr20/small/chr20_tiles.zarr", mode="r")
     assert emb["pooled"].shape == (10, 64)
     assert list(emb["regions/start"][:]) == list(range(100_000, 2_000_000, 190_000))
@@ -104,6 +105,29 @@ def test_model_targets(workdir):
         assert (workdir / f"logs/{rule}/{name}.log").read_text().strip().splitlines()[-1] \
             .startswith(f"genossm {rule}:")
         assert (workdir / f"results/benchmarks/{rule}/{name}.tsv").is_file()
+
+    again = snakemake(workdir, "--cores", "2")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    snakemake(workdir, "--report", "report.html")
+    html = (workdir / "report.html").read_text()
+    for name in ("training_curves.png", "bits_by_position.png", "metrics.json", "tabix_5.png"):
+        assert name in html
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "the report test needs Debian's chromium package (.ci/run installs it)"
+    shot = tmp_path / "report.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--window-size=1280,900", f"--user-data-dir={tmp_path / 'chromium'}"]
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", (workdir / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    dom = subprocess.run([chromium, *flags, "--virtual-time-budget=5000", "--dump-dom",
+                          (workdir / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "Evaluation" in dom and "Variant scores" in dom     # the categories, drawn by JS
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (900, 1280) and pixels.std() > 10     # not a blank page
 
 
 def job_counts(output: str) -> dict[str, int]:

@@ -6,16 +6,23 @@ rule evaluate:
         store=evaluation_store,
         regions=evaluation_regions,
     output:
-        metrics="results/evaluate/{genome}/{model}/metrics.json",
+        metrics=report(
+            "results/evaluate/{genome}/{model}/metrics.json",
+            caption="../report/metrics.rst",
+            category="Evaluation",
+            subcategory="{genome} / {model}",
+        ),
         curves=report(
             "results/evaluate/{genome}/{model}/training_curves.png",
             caption="../report/training_curves.rst",
             category="Evaluation",
+            subcategory="{genome} / {model}",
         ),
         by_position=report(
             "results/evaluate/{genome}/{model}/bits_by_position.png",
             caption="../report/bits_by_position.rst",
             category="Evaluation",
+            subcategory="{genome} / {model}",
         ),
     log:
         "logs/evaluate/{genome}/{model}.log",

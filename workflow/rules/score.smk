@@ -9,6 +9,12 @@ rule score:
         vcf="results/score/{genome}/{model}/{callset}.vcf.gz",
         tbi="results/score/{genome}/{model}/{callset}.vcf.gz.tbi",
         table="results/score/{genome}/{model}/{callset}.tsv",
+        plot=report(
+            "results/score/{genome}/{model}/{callset}.png",
+            caption="../report/score_distributions.rst",
+            category="Variant scores",
+            subcategory="{callset}",
+        ),
     log:
         "logs/score/{genome}/{model}/{callset}.log",
     benchmark:
@@ -24,5 +30,5 @@ rule score:
         "../../envs/genossm.yaml"
     shell:
         "genossm score {input.vcf} --fasta {input.fasta} --model {input.model} "
-        "-o {output.vcf} --table {output.table} --threads {threads} --quiet "
+        "-o {output.vcf} --table {output.table} --plot {output.plot} --threads {threads} --quiet "
         "{params.options} > {log} 2>&1"
