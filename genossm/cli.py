@@ -66,10 +66,13 @@ def _cmd_info(args) -> int:
 
 def _cmd_train(args) -> int:
     from genossm.runtime import set_threads
-    from genossm.train import load_train_config, train
+    from genossm.train import load_train_config, saved_train_config, train
 
     set_threads(args.threads)
-    cfg = load_train_config(args.config, seq_len=args.seq_len, batch_size=args.batch_size,
+    # resuming without --config continues with the run's own config
+    base = saved_train_config(args.output) if args.resume and args.config is None else None
+    cfg = load_train_config(args.config, base=base, seq_len=args.seq_len,
+                            batch_size=args.batch_size,
                             max_steps=args.max_steps, max_time=args.max_time, seed=args.seed)
     s = train(args.stores, args.output, cfg, device=args.device, resume=args.resume,
               force=args.force, progress=not args.quiet)

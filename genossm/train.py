@@ -118,10 +118,11 @@ def _build(cls, d, what):
     return cls(**d)
 
 
-def load_train_config(path, **overrides) -> TrainConfig:
-    """TrainConfig from a YAML file (sections ``model`` and ``split`` nested), then the
-    non-None ``overrides`` (command-line options) on top."""
-    d = {}
+def load_train_config(path, *, base: dict | None = None, **overrides) -> TrainConfig:
+    """TrainConfig from a YAML file (sections ``model`` and ``split`` nested), or from ``base``
+    (a saved config, when resuming without a file), then the non-None ``overrides``
+    (command-line options) on top."""
+    d = dict(base or {})
     if path is not None:
         try:
             d = yaml.safe_load(Path(path).read_text()) or {}
@@ -133,6 +134,14 @@ def load_train_config(path, **overrides) -> TrainConfig:
         return TrainConfig.from_dict(d)
     except (TypeError, ValueError) as e:
         raise InputError(path, str(e)) from None
+
+
+def saved_train_config(directory) -> dict | None:
+    """The training config recorded in a model directory's checkpoint (None without one)."""
+    try:
+        return read_model_info(directory)["training"]["config"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
 
 
 # --- schedules: pure functions of the step ------------------------------------------------

@@ -173,7 +173,8 @@ def test_kill_9_during_checkpoints_keeps_the_last_good_one(stores, tmp_path):
         assert info["training"]["steps"] == state["step"] >= 1
         assert model.config.d_model == TINY["d_model"]
     assert not list(tmp_path.glob(".killed.ckpt-*"))
-    done = subprocess.run(cmd + ["--resume"], env=env,
+    without_config = [a for a in cmd if a not in ("--config", str(cfg_file))]
+    done = subprocess.run(without_config + ["--resume"], env=env,  # the run's own config
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 60
