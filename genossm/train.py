@@ -167,6 +167,7 @@ def sequence_length(cfg: TrainConfig, step: int) -> int:
 # --- distributed ----------------------------------------------------------------------------
 @dataclass
 class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when run alone)."""
     rank: int = 0
     world: int = 1
     local_rank: int = 0
