@@ -87,20 +87,6 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_embed(args) -> int:
-    from genossm.embed import embed
-    from genossm.runtime import set_threads
-
-    set_threads(args.threads)
-    s = embed(args.model, args.fasta, args.output, bed=args.bed, per_base=args.per_base,
-              layer=args.layer, rc_average=args.rc_average, chunk_length=args.chunk_length,
-              max_length=args.max_length, device=args.device,
-              force=args.force, progress=not args.quiet)
-    print(f"genossm embed: {s['regions']:,} regions, {s['bases']:,} bases, width {s['width']} "
-          f"-> {s['output']}")
-    return 0
-
-
 def _cmd_evaluate(args) -> int:
     from genossm.evaluate import evaluate
     from genossm.runtime import set_threads
@@ -128,6 +114,20 @@ def _cmd_score(args) -> int:
                         prefix_reuse=not args.no_prefix_reuse, progress=not args.quiet,
                         plot=args.plot)
     print(format_summary(summary))
+    return 0
+
+
+def _cmd_embed(args) -> int:
+    from genossm.embed import embed
+    from genossm.runtime import set_threads
+
+    set_threads(args.threads)
+    s = embed(args.model, args.fasta, args.output, bed=args.bed, per_base=args.per_base,
+              layer=args.layer, rc_average=args.rc_average, chunk_length=args.chunk_length,
+              max_length=args.max_length, device=args.device,
+              force=args.force, progress=not args.quiet)
+    print(f"genossm embed: {s['regions']:,} regions, {s['bases']:,} bases, width {s['width']} "
+          f"-> {s['output']}")
     return 0
 
 
@@ -197,32 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("embed", help="regions of a FASTA -> embeddings (.zarr)",
-                       description="Embed regions (BED, or every FASTA record) with a model's "
-                                   "hidden states: mean-pooled per region, per base on request.")
-    p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR")
-    p.add_argument("--fasta", required=True, type=Path, metavar="FA",
-                   help="indexed FASTA, plain or bgzipped")
-    p.add_argument("--bed", type=Path, metavar="BED",
-                   help="regions: chrom, start, end[, name, score, strand]; strand - embeds "
-                        "the reverse complement (default: every FASTA record, whole)")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.zarr")
-    p.add_argument("--per-base", action="store_true", help="also store every base's vector")
-    p.add_argument("--layer", type=int, default=-1,
-                   help="residual stream after this many blocks: 0 = embedding, -1 = final "
-                        "normalised output (default -1)")
-    p.add_argument("--rc-average", action="store_true",
-                   help="average with the other strand, position by position")
-    p.add_argument("--chunk-length", type=int, default=1 << 16, metavar="N",
-                   help="bases per streamed piece for causal models (default 65536)")
-    p.add_argument("--max-length", type=int, default=1 << 20, metavar="N",
-                   help="longest region a non-causal model embeds in its one pass "
-                        "(default 1048576)")
-    _add_runtime_options(p)
-    p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_embed)
-
     p = sub.add_parser("evaluate", help="bits per base on held-out regions vs a Markov baseline",
                        description="Score a model on a store's held-out regions (the model's "
                                    "validation split, or --regions) in bits per base, against "
@@ -274,6 +248,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run each haplotype from its start (slower; same scores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("embed", help="regions of a FASTA -> embeddings (.zarr)",
+                       description="Embed regions (BED, or every FASTA record) with a model's "
+                                   "hidden states: mean-pooled per region, per base on request.")
+    p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR")
+    p.add_argument("--fasta", required=True, type=Path, metavar="FA",
+                   help="indexed FASTA, plain or bgzipped")
+    p.add_argument("--bed", type=Path, metavar="BED",
+                   help="regions: chrom, start, end[, name, score, strand]; strand - embeds "
+                        "the reverse complement (default: every FASTA record, whole)")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.zarr")
+    p.add_argument("--per-base", action="store_true", help="also store every base's vector")
+    p.add_argument("--layer", type=int, default=-1,
+                   help="residual stream after this many blocks: 0 = embedding, -1 = final "
+                        "normalised output (default -1)")
+    p.add_argument("--rc-average", action="store_true",
+                   help="average with the other strand, position by position")
+    p.add_argument("--chunk-length", type=int, default=1 << 16, metavar="N",
+                   help="bases per streamed piece for causal models (default 65536)")
+    p.add_argument("--max-length", type=int, default=1 << 20, metavar="N",
+                   help="longest region a non-causal model embeds in its one pass "
+                        "(default 1048576)")
+    _add_runtime_options(p)
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_embed)
     return parser
 
 
