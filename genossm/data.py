@@ -45,9 +45,20 @@ class SplitConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
-def read_bed(path) -> list[tuple[str, int, int, int]]:
-    """(chrom, start, end, line number) of every BED record; header, track and comment lines
-    are skipped."""
+@dataclass(frozen=True)
+class BedRecord:
+    """One BED line: 0-based half-open [start, end), the optional name and strand ("." when
+    absent), and the line number for error messages."""
+    chrom: str
+    start: int
+    end: int
+    name: str
+    strand: str
+    line: int
+
+
+def read_bed(path) -> list[BedRecord]:
+    """Every record of a BED file; blank, header, track and comment lines are skipped."""
     path = Path(path)
     regions = []
     try:
@@ -57,7 +68,7 @@ def read_bed(path) -> list[tuple[str, int, int, int]]:
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.startswith(("#", "track", "browser")):
             continue
-        fields = line.split("\t")
+        fields = [f.strip() for f in line.split("\t")]
         if len(fields) < 3:
             raise InputError(path, "a BED line needs chrom, start and end separated by tabs",
                              place=f"line {number}")
@@ -69,7 +80,9 @@ def read_bed(path) -> list[tuple[str, int, int, int]]:
         if not 0 <= start < end:
             raise InputError(path, f"need 0 <= start < end, got {start}-{end}",
                              place=f"line {number}")
-        regions.append((fields[0], start, end, number))
+        name = fields[3] if len(fields) > 3 else ""
+        strand = fields[5] if len(fields) > 5 else "."
+        regions.append(BedRecord(fields[0], start, end, name, strand, number))
     return regions
 
 
@@ -98,15 +111,15 @@ def split_regions(stores: list[TokenStore], split: SplitConfig
         for i, length in lengths[name]:
             held.setdefault((i, name), []).append((0, length))
     if split.val_bed:
-        for chrom, start, end, number in read_bed(split.val_bed):
-            if chrom not in lengths:
-                raise InputError(split.val_bed, f"contig {chrom!r} is not in any store",
-                                 place=f"line {number}")
-            for i, length in lengths[chrom]:
-                if end > length:
-                    raise InputError(split.val_bed, f"{chrom}:{start}-{end} runs past the "
-                                     f"contig's end ({length})", place=f"line {number}")
-                held.setdefault((i, chrom), []).append((start, end))
+        for r in read_bed(split.val_bed):
+            if r.chrom not in lengths:
+                raise InputError(split.val_bed, f"contig {r.chrom!r} is not in any store",
+                                 place=f"line {r.line}")
+            for i, length in lengths[r.chrom]:
+                if r.end > length:
+                    raise InputError(split.val_bed, f"{r.chrom}:{r.start}-{r.end} runs past the "
+                                     f"contig's end ({length})", place=f"line {r.line}")
+                held.setdefault((i, r.chrom), []).append((r.start, r.end))
     train, val = [], []
     for name, places in lengths.items():
         for i, length in places:

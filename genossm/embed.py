@@ -87,22 +87,17 @@ class Region:
 def bed_regions(bed, fasta: pysam.FastaFile) -> list[Region]:
     """The BED's regions, each checked against the FASTA's contigs."""
     bed = Path(bed)
-    records = read_bed(bed)
-    lines = bed.read_text().splitlines()  # read_bed has checked that it reads
     lengths = dict(zip(fasta.references, fasta.lengths, strict=True))
     regions = []
-    for chrom, start, end, number in records:
-        fields = [f.strip() for f in lines[number - 1].split("\t")]
-        name = fields[3] if len(fields) > 3 else ""
-        strand = fields[5] if len(fields) > 5 else "."
-        region = Region(chrom, start, end, name, strand, str(bed), f"line {number}")
-        if strand not in STRANDS:
-            raise region.error(f"strand must be +, - or ., got {strand!r}")
-        if chrom not in lengths:
-            raise region.error(f"contig {chrom!r} is not in {os.fsdecode(fasta.filename)}")
-        if end > lengths[chrom]:
-            raise region.error(f"{chrom}:{start}-{end} runs past the contig's end "
-                               f"({lengths[chrom]:,})")
+    for r in read_bed(bed):
+        region = Region(r.chrom, r.start, r.end, r.name, r.strand, str(bed), f"line {r.line}")
+        if r.strand not in STRANDS:
+            raise region.error(f"strand must be +, - or ., got {r.strand!r}")
+        if r.chrom not in lengths:
+            raise region.error(f"contig {r.chrom!r} is not in {os.fsdecode(fasta.filename)}")
+        if r.end > lengths[r.chrom]:
+            raise region.error(f"{r.chrom}:{r.start}-{r.end} runs past the contig's end "
+                               f"({lengths[r.chrom]:,})")
         regions.append(region)
     if not regions:
         raise InputError(bed, "no regions")

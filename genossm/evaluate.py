@@ -108,15 +108,15 @@ def store_intervals(training: dict, store: TokenStore, kind: str,
 def bed_regions(path: Path, store: TokenStore) -> list[Region]:
     """The BED's regions, each checked to lie inside a contig of ``store``."""
     regions = []
-    for chrom, start, end, number in read_bed(path):
-        if chrom not in store.contig_index:
-            raise InputError(path, f"contig {chrom!r} is not in {store.path}",
-                             place=f"line {number}")
-        length = store.contig(chrom).length
-        if end > length:
-            raise InputError(path, f"{chrom}:{start}-{end} runs past the contig's end "
-                                   f"({length:,})", place=f"line {number}")
-        regions.append(Region(chrom, start, end))
+    for r in read_bed(path):
+        if r.chrom not in store.contig_index:
+            raise InputError(path, f"contig {r.chrom!r} is not in {store.path}",
+                             place=f"line {r.line}")
+        length = store.contig(r.chrom).length
+        if r.end > length:
+            raise InputError(path, f"{r.chrom}:{r.start}-{r.end} runs past the contig's end "
+                                   f"({length:,})", place=f"line {r.line}")
+        regions.append(Region(r.chrom, r.start, r.end))
     if not regions:
         raise InputError(path, "no regions in the BED file")
     return regions
