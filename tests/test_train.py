@@ -27,7 +27,7 @@ from genossm.train import (
     sequence_length,
     train,
 )
-from helpers import CHR20, LAMBDA
+from helpers import CHR20, EX1_BAM, LAMBDA
 
 TINY = {"d_model": 32, "n_layer": 2, "d_state": 8, "headdim": 16, "chunk_size": 32}
 
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def stores(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train_stores")
     out = {}
-    for name, source in (("chr20", CHR20), ("lambda", LAMBDA)):
+    for name, source in (("chr20", CHR20), ("lambda", LAMBDA), ("reads", EX1_BAM)):
         out[name] = tmp / f"{name}.zarr"
         assert main(["tokenize", str(source), "-o", str(out[name]), "-q",
                      "--chunk-size", "65536"]) == 0
@@ -136,6 +136,17 @@ def test_gradient_accumulation_equals_one_big_batch(stores, tmp_path):
     assert [x[2] for x in losses(tmp_path / "big")] == \
         pytest.approx([x[2] for x in losses(tmp_path / "small")], rel=1e-5)
     assert_same_weights(tmp_path / "big", tmp_path / "small", rtol=1e-4, atol=1e-6)
+
+
+def test_dataloader_workers_and_reads_do_not_change_the_run(stores, tmp_path):
+    """Windows come from contigs and from BAM reads; two DataLoader worker processes (each
+    opening the Zarr stores itself) give the same run as none."""
+    cfg = dict(max_steps=3, eval_every=0, split={"val_fraction": 0.0})
+    stores_used = [stores["lambda"], stores["reads"]]
+    train(stores_used, tmp_path / "w0", config(num_workers=0, **cfg), progress=False)
+    train(stores_used, tmp_path / "w2", config(num_workers=2, **cfg), progress=False)
+    assert losses(tmp_path / "w0") == losses(tmp_path / "w2")
+    assert_same_weights(tmp_path / "w0", tmp_path / "w2", rtol=0, atol=0)
 
 
 def test_max_time_and_mlm(stores, tmp_path):
