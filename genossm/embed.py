@@ -304,10 +304,12 @@ def embed(model_dir, fasta, output, *, bed=None, per_base: bool = False, layer: 
         regions = bed_regions(bed, fa) if bed else fasta_regions(fa)
         model = open_model(model_dir, device)
         cfg = model.config
-        if not -(cfg.n_layer + 1) <= layer <= cfg.n_layer:
+        try:
+            layer = model.layer_index(layer)
+        except IndexError:
             raise InputError(None, f"--layer {layer} is out of range for a model of "
                                    f"{cfg.n_layer} layers (0..{cfg.n_layer} or -1..-"
-                                   f"{cfg.n_layer + 1})")
+                                   f"{cfg.n_layer + 1})") from None
         if not cfg.causal:
             too_long = next((r for r in regions if r.length > max_length), None)
             if too_long is not None:
@@ -318,7 +320,7 @@ def embed(model_dir, fasta, output, *, bed=None, per_base: bool = False, layer: 
             log.warning("the model is rc_equivariant (its hidden states already hold both "
                         "strands): --rc-average has no effect")
             rc_average = False
-        embedder = Embedder(model, fa, layer=layer % (cfg.n_layer + 1),
+        embedder = Embedder(model, fa, layer=layer,
                             chunk_length=chunk_length)
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")

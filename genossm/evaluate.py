@@ -32,6 +32,7 @@ from genossm.model.io import CONFIG_NAME
 from genossm.plots import plot_bits_by_position, plot_training_curves
 from genossm.runtime import open_model, resolve_device
 from genossm.store import TokenStore
+from genossm.train import read_metrics
 
 CAUSAL = "causal_streamed"
 MASKED = "masked_15pct"
@@ -39,7 +40,6 @@ MASK_FRACTION = 0.15
 MASK_SEED = 0
 MARKOV_PIECE = 1 << 24    # bases read at once when fitting the baseline
 POSITION_BINS = 64        # log-spaced bins of bits by position in the window
-METRICS_NAME = "metrics.jsonl"
 CURVES_PLOT = "training_curves.png"
 POSITION_PLOT = "bits_by_position.png"
 LN2 = math.log(2.0)
@@ -322,28 +322,6 @@ def bits_by_position(model: GenoSSM, store: TokenStore, regions: list[Region],
     return {"seq_len": seq_len, "windows": len(windows), "bins": bins}
 
 
-# --------------------------------------------------------------------------- training log
-
-
-def read_training_metrics(model_dir: Path) -> list[dict]:
-    """The records of the model's metrics.jsonl (none when it has none)."""
-    path = model_dir / METRICS_NAME
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(path, f"not JSON ({e.msg})", place=f"line {number}") from None
-        if not isinstance(record, dict):
-            raise InputError(path, "not a JSON object", place=f"line {number}")
-        records.append(record)
-    return records
-
-
 def _last(records: list[dict], split: str) -> dict | None:
     return next((r for r in reversed(records) if r.get("split") == split), None)
 
@@ -385,7 +363,7 @@ def evaluate(model_dir, store_path, output, *, regions_bed=None, plots_dir=None,
     if not train:
         raise InputError(config_path, f"the model has no training interval on {store.path}, "
                                       "so there is nothing to fit the Markov baseline on")
-    records = read_training_metrics(model_dir)
+    records = read_metrics(model_dir)
     model = open_model(model_dir, torch_device)
     measure = CAUSAL if model.config.objective == "clm" else MASKED
 

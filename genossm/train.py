@@ -37,6 +37,7 @@ from tqdm import tqdm
 from genossm import alphabet
 from genossm.data import SplitConfig, WindowDataset, describe_split, split_regions
 from genossm.errors import InputError
+from genossm.fileio import atomic_write
 from genossm.model import GenoSSM, ModelConfig, load_model, save_model
 from genossm.model.io import CONFIG_NAME, read_model_info
 from genossm.runtime import resolve_device
@@ -274,13 +275,10 @@ def write_checkpoint(directory: Path, model, optimizer, state: dict, extra: dict
     if new.exists():
         shutil.rmtree(new)
     new.mkdir(parents=True)
-    save_model(model, new, extra=extra)
-    torch.save({**state, "optimizer": optimizer.state_dict()}, new / TRAIN_STATE_NAME)
-    with open(new / METRICS_NAME, "w") as f:
-        f.writelines(json.dumps(m) + "\n" for m in metrics)
-    for path in new.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+    save_model(model, new, extra=extra)       # every file written and fsynced whole
+    atomic_write(new / TRAIN_STATE_NAME,
+                 lambda p: torch.save({**state, "optimizer": optimizer.state_dict()}, p))
+    write_metrics(new / METRICS_NAME, metrics)
     fd = os.open(new, os.O_RDONLY)
     os.fsync(fd)
     os.close(fd)
@@ -301,15 +299,36 @@ def read_checkpoint(directory: Path, device) -> tuple[dict, dict, list[dict]]:
     if not path.is_file():
         raise InputError(directory, f"cannot resume: no {TRAIN_STATE_NAME}")
     state = torch.load(path, map_location=device, weights_only=True)
-    metrics = []
-    metrics_path = directory / METRICS_NAME
-    if metrics_path.is_file():
-        for line in metrics_path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if record["step"] <= state["step"]:  # later lines will be logged again
-                    metrics.append(record)
+    # lines logged after the checkpoint will be logged again
+    metrics = [m for m in read_metrics(directory) if m.get("step", 0) <= state["step"]]
     return state, info, metrics
+
+
+def read_metrics(directory) -> list[dict]:
+    """The records of a model directory's metrics.jsonl ([] without one). A last line without
+    its newline is an append that a kill cut short, and is not a record."""
+    path = Path(directory) / METRICS_NAME
+    if not path.is_file():
+        return []
+    lines = path.read_text().split("\n")[:-1]  # the text after the last newline is unfinished
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(path, f"not JSON ({e.msg})", place=f"line {number}") from None
+        if not isinstance(record, dict):
+            raise InputError(path, "not a JSON object", place=f"line {number}")
+        records.append(record)
+    return records
+
+
+def write_metrics(path: Path, metrics: list[dict]) -> None:
+    """metrics.jsonl written whole (replacing any older one)."""
+    text = "".join(json.dumps(m) + "\n" for m in metrics)
+    atomic_write(path, lambda p: Path(p).write_text(text))
 
 
 # --- the loop -------------------------------------------------------------------------------
@@ -408,7 +427,7 @@ def train(store_paths: list, output, cfg: TrainConfig, *, device: str | None = N
     # metrics go to the live directory once this run owns it (resumed, or first checkpoint)
     live = train_state is not None
     if live and ranks.main:
-        _write_metrics(metrics_path, metrics)  # drop lines logged after the checkpoint
+        write_metrics(metrics_path, metrics)  # drop lines logged after the checkpoint
 
     def log(record: dict):
         metrics.append(record)
@@ -500,13 +519,6 @@ def train(store_paths: list, output, cfg: TrainConfig, *, device: str | None = N
             "val_bits_per_base": last_val.get("bits_per_base"),
             "train_bases": split["train_bases"], "validation_bases": split["validation_bases"],
             "world_size": ranks.world}
-
-
-def _write_metrics(path: Path, metrics: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(m) + "\n" for m in metrics)
-    os.replace(tmp, path)
 
 
 def _validation_batches(stores, val_iv, cfg: TrainConfig) -> list[dict]:

@@ -19,10 +19,12 @@ from safetensors.torch import load_file
 
 from genossm import train as train_module
 from genossm.cli import main
+from genossm.errors import InputError
 from genossm.model import load_model, read_model_info
 from genossm.train import (
     TrainConfig,
     learning_rate,
+    read_metrics,
     recover_checkpoint,
     sequence_length,
     train,
@@ -191,6 +193,14 @@ def test_kill_9_during_checkpoints_keeps_the_last_good_one(stores, tmp_path):
     assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 60
     steps = [s for split, s, _ in losses(out) if split == "train"]
     assert steps == list(range(1, 61))                  # no step lost or logged twice
+
+
+def test_metrics_cut_short_by_a_kill_are_read_without_the_partial_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"split": "train", "step": 1}\n{"split": "tr')
+    assert read_metrics(tmp_path) == [{"split": "train", "step": 1}]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
+    with pytest.raises(InputError, match="line 2"):
+        read_metrics(tmp_path)
 
 
 def test_recover_between_the_two_renames(tmp_path):

@@ -129,7 +129,7 @@ class GenoSSM(nn.Module):
         Shape (b, l, d_model), or (b, l, 2·d_model) for rc_equivariant models ([forward strand,
         reverse strand aligned to forward coordinates]). With ``state`` returns (h, new_state);
         all layers are then run so that the state stays complete."""
-        index = self._layer_index(layer)
+        index = self.layer_index(layer)
         if state is not None:
             return self._trunk(tokens, index, state, backend)
         if self.config.rc_equivariant:
@@ -164,13 +164,15 @@ class GenoSSM(nn.Module):
         return [{"params": decay, "weight_decay": weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
 
-    # --- internals ------------------------------------------------------------------------
-    def _layer_index(self, layer: int) -> int:
+    def layer_index(self, layer: int) -> int:
+        """``layer`` as an index 0..n_layer into the residual stream (negative counts from the
+        end); IndexError when out of range."""
         n = self.config.n_layer
         if not -(n + 1) <= layer <= n:
             raise IndexError(f"layer {layer} out of range for {n} layers (0..{n} or -1..-{n + 1})")
         return layer % (n + 1)
 
+    # --- internals ------------------------------------------------------------------------
     def _both_strands(self, tokens, index, backend):
         """Run the shared trunk on x and rc(x) as one batch; return (fwd, rev) with rev flipped
         back to forward coordinates."""
