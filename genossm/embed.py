@@ -35,7 +35,6 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ from tqdm import tqdm
 from genossm import __version__, alphabet
 from genossm.data import read_bed
 from genossm.errors import InputError
-from genossm.fileio import open_fasta, replace_path
+from genossm.fileio import open_fasta, replace_path, temporary_sibling
 from genossm.model import GenoSSM
 from genossm.runtime import open_model
 
@@ -323,7 +322,7 @@ def embed(model_dir, fasta, output, *, bed=None, per_base: bool = False, layer: 
         embedder = Embedder(model, fa, layer=layer,
                             chunk_length=chunk_length)
         output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp = temporary_sibling(output)
         stack = PieceStack(output.parent) if per_base and rc_average else None
         try:
             group = _write(embedder, regions, tmp, per_base=per_base, rc_average=rc_average,

@@ -34,12 +34,17 @@ def atomic_write(path, write) -> None:
         raise
 
 
+def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
+    """A fresh hidden name beside ``path`` (same filesystem, so a rename onto it is atomic)."""
+    return path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}")
+
+
 def replace_path(tmp: Path, path: Path) -> Path:
     """Rename the finished ``tmp`` (file or directory) onto ``path``; an old ``path`` is moved
     aside first and deleted only once the new one is in place."""
     old = None
     if path.exists():
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        old = temporary_sibling(path, "old")
         os.rename(path, old)
     os.rename(tmp, path)
     if old is not None:

@@ -39,9 +39,11 @@ class MarkovBaseline:
         self.max_order = max_order
         self.order = max_order if order is None else order
         self.counts = [np.zeros(4 ** (j + 1), dtype=np.int64) for j in range(max_order + 1)]
+        self._context_totals: dict[int, np.ndarray] = {}  # per order, dropped by fit()
 
     def fit(self, sequences: Iterable[np.ndarray]) -> MarkovBaseline:
         """Add the k-mer counts of every sequence (uint8 codes; N splits a sequence)."""
+        self._context_totals.clear()
         for codes in sequences:
             codes = np.asarray(codes, dtype=np.int64)
             for start, end in _segments(codes):
@@ -60,7 +62,7 @@ class MarkovBaseline:
             seg = codes[start:end]
             for j in range(min(order, seg.size - 1) + 1):
                 counts = self.counts[j]
-                context_totals = counts.reshape(-1, 4).sum(axis=1)
+                context_totals = self._totals(j)
                 idx = _kmer_index(seg, j)
                 logp = np.log2((counts[idx] + 1) / (context_totals[idx // 4] + 4))
                 if j < order:  # order j serves only the position with exactly j bases before
@@ -68,6 +70,12 @@ class MarkovBaseline:
                 else:
                     out[start + j:end] = logp
         return out
+
+    def _totals(self, order: int) -> np.ndarray:
+        """count(context) of every context of ``order`` bases, computed once per fit."""
+        if order not in self._context_totals:
+            self._context_totals[order] = self.counts[order].reshape(-1, 4).sum(axis=1)
+        return self._context_totals[order]
 
     def choose_order(self, fit_part: list[np.ndarray], held_part: list[np.ndarray]) -> dict:
         """Fit on ``fit_part``, pick the order with the fewest bits per base on ``held_part``,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +24,7 @@ from zarr.codecs import BloscCodec
 
 from genossm import __version__, alphabet
 from genossm.errors import InputError
-from genossm.fileio import replace_path
+from genossm.fileio import replace_path, temporary_sibling
 
 FORMAT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -283,7 +282,7 @@ class StoreWriter:
         self.buffer_chunks = max(1, buffer_chunks)
         self.threads = max(1, threads)
         self.pool: _WritePool | None = None
-        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self.tmp_path = temporary_sibling(self.path)
         self.group = None
         self.contig_index: dict[str, str] = {}
         self.contig_places: dict[str, str] = {}
