@@ -19,7 +19,6 @@ Usage: python benchmarks/train.py [--steps N] [--quality] [--minutes 5 30] [--th
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 
 from genossm.cli import main as genossm_main
 from genossm.evaluate import evaluate
-from genossm.model import GenoSSM
+from genossm.model import GenoSSM, ModelDir
 from genossm.train import load_train_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,8 +58,8 @@ def trainer_tokens_per_s(store: Path, cfg, steps: int, tmp: Path) -> float:
     cfg = cfg.__class__.from_dict({**cfg.to_dict(), "max_steps": steps, "log_every": 5,
                                    "eval_every": 0, "checkpoint_every": 10 * steps})
     train([store], tmp / "throughput", cfg, force=True, progress=False)
-    lines = (tmp / "throughput" / "metrics.jsonl").read_text().splitlines()
-    rates = [json.loads(x)["tokens_per_s"] for x in lines][1:]  # the first window warms up
+    records = ModelDir(tmp / "throughput").read_metrics()
+    rates = [r["tokens_per_s"] for r in records][1:]  # the first window warms up
     return statistics.median(rates)
 
 

@@ -1,4 +1,4 @@
-"""The one alphabet (DESIGN.md, "Alphabet"): codes, look-up tables, encode, decode, complement.
+"""The one alphabet (docs/design.md, "Alphabet"): codes, look-up tables, encode, decode, complement.
 
 A=0 C=1 G=2 T=3 N=4; special model tokens (MASK) come after and never appear in a store.
 Everything is a table look-up over whole numpy buffers.

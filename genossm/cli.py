@@ -1,13 +1,20 @@
-"""The ``genossm`` command: one subcommand per stage (DESIGN.md, "Commands").
+"""The ``genossm`` command: one subcommand per stage (docs/design.md, "Options and the workflow").
 
 Bad input ends in one line on stderr (``genossm: error: FILE: PLACE: WHAT``) and exit status 2,
 with no traceback unless ``--debug``; an interrupt exits 130. The stages themselves guarantee
 that no partial output is left behind.
+
+The module is a little over 400 lines because it is the one place where every command's flags
+are defined; each subcommand has a short ``_add_*`` (its flags) and ``_cmd_*`` (the call of its
+stage), so one command reads in one sitting.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
+import inspect
 import json
 import logging
 import os
@@ -25,18 +32,41 @@ EXIT_INPUT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+# Every option of a stage command defaults to argparse.SUPPRESS: an option the user did not give
+# is absent from the parsed namespace, so the stage function's own default applies. The defaults
+# live there, once (the function signatures, ReadFilter, TrainConfig); ``--help`` looks them up
+# only when it is printed, so that building the parser never imports torch.
+_PARSER_KEYS = ("command", "func", "debug")
+
+# Command-line overrides of the training config (TrainConfig fields): name -> (type, metavar,
+# help). Not given: the --config file's value (or the resumed run's), else TrainConfig's.
+_TRAIN_OVERRIDES = {
+    "seq_len": (int, "L", "window length"),
+    "batch_size": (int, None, "windows per micro-batch per process"),
+    "max_steps": (int, "N", "optimizer steps in all"),
+    "max_time": (float, "SECONDS", "stop with a checkpoint after this long (this invocation)"),
+    "seed": (int, None, "random seed"),
+}
+
+
+def _given(args) -> dict:
+    """The options (and positionals) given on the command line, by destination name."""
+    return {k: v for k, v in vars(args).items() if k not in _PARSER_KEYS}
+
+
 def _cmd_tokenize(args) -> int:
+    from dataclasses import fields
+
     from genossm.tokenize import ReadFilter, parse_flags, tokenize
 
-    try:
-        flags = parse_flags(args.exclude_flags)
-    except ValueError as e:
-        raise InputError(None, f"--exclude-flags: {e}") from None
-    filt = ReadFilter(exclude_flags=flags, min_mapq=args.min_mapq,
-                      min_length=args.min_length, region=args.region)
-    s = tokenize(args.inputs, args.output, force=args.force, chunk_size=args.chunk_size,
-                 threads=args.threads, read_filter=filt, reference=args.reference,
-                 progress=not args.quiet)
+    kw = _given(args)
+    filt = {f.name: kw.pop(f.name) for f in fields(ReadFilter) if f.name in kw}
+    if "exclude_flags" in filt:
+        try:
+            filt["exclude_flags"] = parse_flags(filt["exclude_flags"])
+        except ValueError as e:
+            raise InputError(None, f"--exclude-flags: {e}") from None
+    s = tokenize(kw.pop("inputs"), kw.pop("output"), read_filter=ReadFilter(**filt), **kw)
     dropped: dict[str, int] = {}
     for src in s["sources"]:
         for reason, n in src.get("dropped", {}).items():
@@ -68,14 +98,14 @@ def _cmd_train(args) -> int:
     from genossm.runtime import set_threads
     from genossm.train import load_train_config, saved_train_config, train
 
-    set_threads(args.threads)
+    kw = _given(args)
+    set_threads(kw.pop("threads", None))
+    stores, output, config = kw.pop("stores"), kw.pop("output"), kw.pop("config", None)
+    overrides = {name: kw.pop(name) for name in _TRAIN_OVERRIDES if name in kw}
     # resuming without --config continues with the run's own config
-    base = saved_train_config(args.output) if args.resume and args.config is None else None
-    cfg = load_train_config(args.config, base=base, seq_len=args.seq_len,
-                            batch_size=args.batch_size,
-                            max_steps=args.max_steps, max_time=args.max_time, seed=args.seed)
-    s = train(args.stores, args.output, cfg, device=args.device, resume=args.resume,
-              force=args.force, progress=not args.quiet)
+    base = saved_train_config(output) if kw.get("resume") and config is None else None
+    cfg = load_train_config(config, base=base, **overrides)
+    s = train(stores, output, cfg, **kw)
     if s["world_size"] > 1 and int(os.environ.get("RANK", "0")) != 0:
         return 0
     val = "" if s["val_bits_per_base"] is None else \
@@ -91,11 +121,9 @@ def _cmd_evaluate(args) -> int:
     from genossm.evaluate import evaluate
     from genossm.runtime import set_threads
 
-    set_threads(args.threads)
-    m = evaluate(args.model_dir, args.store, args.output, regions_bed=args.regions,
-                 plots_dir=args.plots, device=args.device, chunk_length=args.chunk_length,
-                 markov_max_order=args.markov_max_order, max_windows=args.max_windows,
-                 progress=not args.quiet)
+    kw = _given(args)
+    set_threads(kw.pop("threads", None))
+    m = evaluate(kw.pop("model_dir"), kw.pop("store"), kw.pop("output"), **kw)
     print(f"genossm evaluate: model {m['model_bits_per_base']:.3f} bits/base vs Markov order "
           f"{m['markov_order']} {m['markov_bits_per_base']:.3f} bits/base over "
           f"{m['bases_scored']:,} bases ({m['measure']}) -> {args.output}")
@@ -106,14 +134,9 @@ def _cmd_score(args) -> int:
     from genossm.runtime import set_threads
     from genossm.score import format_summary, score_vcf
 
-    set_threads(args.threads)
-    summary = score_vcf(args.vcf, fasta=args.fasta, model_dir=args.model, output=args.output,
-                        table=args.table, window=args.window, batch_size=args.batch_size,
-                        device=args.device,
-                        rename_chroms=args.rename_chroms, chrom_map=args.chrom_map,
-                        prefix_reuse=not args.no_prefix_reuse, progress=not args.quiet,
-                        plot=args.plot)
-    print(format_summary(summary))
+    kw = _given(args)
+    set_threads(kw.pop("threads", None))
+    print(format_summary(score_vcf(kw.pop("vcf"), **kw)))
     return 0
 
 
@@ -121,21 +144,244 @@ def _cmd_embed(args) -> int:
     from genossm.embed import embed
     from genossm.runtime import set_threads
 
-    set_threads(args.threads)
-    s = embed(args.model, args.fasta, args.output, bed=args.bed, per_base=args.per_base,
-              layer=args.layer, rc_average=args.rc_average, chunk_length=args.chunk_length,
-              max_length=args.max_length, device=args.device,
-              force=args.force, progress=not args.quiet)
+    kw = _given(args)
+    set_threads(kw.pop("threads", None))
+    s = embed(kw.pop("model_dir"), kw.pop("fasta"), kw.pop("output"), **kw)
     print(f"genossm embed: {s['regions']:,} regions, {s['bases']:,} bases, width {s['width']} "
           f"-> {s['output']}")
     return 0
 
 
+# --- defaults for --help, from the stage modules ---------------------------------------------
+def _signature_defaults(fn) -> dict:
+    """The keyword defaults of a function (or a dataclass's fields)."""
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _tokenize_defaults() -> dict:
+    from genossm import tokenize as module
+
+    d = {**_signature_defaults(module.tokenize), **_signature_defaults(module.ReadFilter)}
+    # shown the way --exclude-flags takes it: by the flag names defined beside ReadFilter
+    flags = d["exclude_flags"]
+    names = getattr(inspect.getmodule(module.ReadFilter), "FLAG_NAMES", {})
+    if isinstance(flags, int):
+        chosen = [name for name, bit in names.items() if flags & bit]
+        d["exclude_flags"] = ",".join(chosen) if sum(names[n] for n in chosen) == flags \
+            else hex(flags)
+    return d
+
+
+def _train_defaults() -> dict:
+    from genossm.runtime import resolve_device
+    from genossm.train import load_train_config, train
+
+    d = _signature_defaults(train)
+    if d.get("device") is None:     # train(device=None) is resolve_device's default
+        d["device"] = _signature_defaults(resolve_device)["name"]
+    built_in = load_train_config(None)
+    for name in _TRAIN_OVERRIDES:
+        value = getattr(built_in, name)
+        d[name] = f"the training config's, else {'none' if value is None else value}"
+    return d
+
+
+def _function_defaults(module: str, function: str):
+    """A function that returns the keyword defaults of ``module.function`` (imported then)."""
+    return lambda: _signature_defaults(getattr(importlib.import_module(module), function))
+
+
+# command -> where its options' defaults are (a function, called only to print help)
+STAGE_DEFAULTS = {"tokenize": _tokenize_defaults, "train": _train_defaults,
+                  "evaluate": _function_defaults("genossm.evaluate", "evaluate"),
+                  "score": _function_defaults("genossm.score", "score_vcf"),
+                  "embed": _function_defaults("genossm.embed", "embed")}
+
+
+class _StageDefaultsHelp(argparse.HelpFormatter):
+    """Help that adds "(default: X)" to each option that takes a value, X being the stage's own
+    default for it (None, or no default, adds nothing: the help text says what absence means;
+    switches are off unless given)."""
+
+    def __init__(self, prog, *, command: str, **kwargs):
+        super().__init__(prog, **kwargs)
+        self._command = command
+        self._defaults: dict | None = None
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or action.nargs == 0 or action.help == argparse.SUPPRESS:
+            return text
+        if self._defaults is None:
+            try:
+                self._defaults = STAGE_DEFAULTS[self._command]()
+            except ImportError:     # a broken install: the help, without the defaults
+                self._defaults = {}
+        value = self._defaults.get(action.dest)
+        if value is None:
+            return text
+        shown = str(value).replace("%", "%%")
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+
+def _stage_parser(sub, command: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand whose options default to SUPPRESS (given options only reach the stage)."""
+    return sub.add_parser(command, argument_default=argparse.SUPPRESS,
+                          formatter_class=functools.partial(_StageDefaultsHelp,
+                                                            command=command), **kwargs)
+
+
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     """--device and --threads, the same for every command that runs a model."""
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: the GPU when there is one (default)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="auto: the GPU when there is one, else the CPU")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for torch (not given: torch's default, all cores)")
+
+
+def _add_chunk_length(p: argparse.ArgumentParser) -> None:
+    """--chunk-length, the same for every command that streams a causal model over regions."""
+    p.add_argument("--chunk-length", type=int, metavar="N",
+                   help="bases per streamed piece for causal models")
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", dest="progress", action="store_false",
+                   help="no progress bar")
+
+
+def _add_tokenize(sub) -> None:
+
+    p = _stage_parser(sub, "tokenize", help="FASTA/SAM/BAM/CRAM -> token store (.zarr)",
+                      description="Encode sequences into a Zarr v3 token store. FASTA "
+                                  "records become contigs; SAM/BAM/CRAM reads go into the "
+                                  "reads group.")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                   help="FASTA (plain, gzip, BGZF), SAM, BAM or CRAM; format sniffed "
+                        "from the content")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="STORE.zarr")
+    p.add_argument("--threads", type=int, help="threads for decompression and compression")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--chunk-size", type=int, help="Zarr chunk length in bases")
+    p.add_argument("--reference", type=Path, metavar="FA", help="reference FASTA for CRAM")
+    p.add_argument("--region", metavar="R", help="only reads overlapping R (chr:start-end); "
+                                                 "needs an indexed BAM/CRAM")
+    p.add_argument("--exclude-flags", metavar="FLAGS",
+                   help="drop reads with any of these SAM flags: an integer or names "
+                        "(UNMAP,SECONDARY,QCFAIL,DUP,SUPPLEMENTARY, ...)")
+    p.add_argument("--min-mapq", type=int, help="drop reads below this MAPQ")
+    p.add_argument("--min-length", type=int, help="drop reads shorter than this")
+    _add_quiet(p)
+    p.set_defaults(func=_cmd_tokenize)
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="summarise a token store")
+    p.add_argument("store", type=Path, metavar="STORE.zarr")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_info)
+
+
+def _add_train(sub) -> None:
+    p = _stage_parser(sub, "train", help="token stores -> model directory",
+                      description="Train a selective-SSM language model on token stores. "
+                                  "Options given here override the --config file.")
+    p.add_argument("stores", nargs="+", type=Path, metavar="STORE.zarr")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="MODEL_DIR")
+    p.add_argument("--config", type=Path, metavar="TRAIN.yaml",
+                   help="training config: model and split sections, schedule, batch, ...")
+    for name, (type_, metavar, help_) in _TRAIN_OVERRIDES.items():
+        p.add_argument("--" + name.replace("_", "-"), type=type_, metavar=metavar, help=help_)
+    _add_runtime_options(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in MODEL_DIR exactly")
+    p.add_argument("--force", action="store_true", help="replace an existing MODEL_DIR")
+    _add_quiet(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_evaluate(sub) -> None:
+    p = _stage_parser(sub, "evaluate",
+                      help="bits per base on held-out regions vs a Markov baseline",
+                      description="Score a model on a store's held-out regions (the model's "
+                                  "validation split, or --regions) in bits per base, against "
+                                  "a k-mer Markov baseline fit on its training data; write "
+                                  "METRICS.json and plots.")
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    p.add_argument("store", type=Path, metavar="STORE.zarr")
+    p.add_argument("--regions", dest="regions_bed", type=Path, metavar="BED",
+                   help="evaluate these regions instead of the model's validation split")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="METRICS.json")
+    p.add_argument("--plots", dest="plots_dir", type=Path, metavar="DIR",
+                   help="directory for the PNG plots (not given: beside METRICS.json)")
+    _add_runtime_options(p)
+    _add_chunk_length(p)
+    p.add_argument("--markov-max-order", type=int, metavar="K",
+                   help="highest Markov order tried (0..12)")
+    p.add_argument("--max-windows", type=int, metavar="N",
+                   help="windows of the training length for bits by position")
+    _add_quiet(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _add_score(sub) -> None:
+    p = _stage_parser(sub, "score",
+                      help="VCF/BCF + FASTA -> variant scores (scored VCF + table)",
+                      description="Score every alt allele of a VCF/BCF with a model: "
+                                  "log-likelihood ratio (causal models) or masked-LM log-ratio "
+                                  "(masked models) in nats, and embedding distances, averaged "
+                                  "over both strands. Writes a bgzipped, tabix-indexed VCF "
+                                  "with GENOSSM_* INFO fields and a table.")
+    p.add_argument("vcf", type=Path, metavar="VCF", help="VCF (plain or bgzipped) or BCF")
+    p.add_argument("--fasta", required=True, type=Path, metavar="FA",
+                   help="reference FASTA, plain or bgzipped, faidx-indexed")
+    p.add_argument("--model", dest="model_dir", required=True, type=Path, metavar="MODEL_DIR")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.vcf.gz")
+    p.add_argument("--table", type=Path, metavar="OUT.tsv",
+                   help="one row per (record, alt allele) (not given: OUT.tsv beside "
+                        "OUT.vcf.gz)")
+    p.add_argument("--plot", type=Path, metavar="OUT.png",
+                   help="also draw the distributions of the scores (LLR, cosine distance)")
+    p.add_argument("--window", type=int, metavar="W",
+                   help="haplotype window centred on the variant, in bases")
+    p.add_argument("--batch-size", type=int, metavar="B", help="sequences per model call")
+    _add_runtime_options(p)
+    names = p.add_mutually_exclusive_group()
+    names.add_argument("--rename-chroms", choices=["add-chr", "strip-chr"],
+                       help="VCF contig names -> FASTA names: add or strip a 'chr' prefix")
+    names.add_argument("--chrom-map", type=Path, metavar="TSV",
+                       help="two tab-separated columns: VCF contig name, FASTA contig name")
+    p.add_argument("--no-prefix-reuse", dest="prefix_reuse", action="store_false",
+                   help="run each haplotype from its start (slower; same scores)")
+    _add_quiet(p)
+    p.set_defaults(func=_cmd_score)
+
+
+def _add_embed(sub) -> None:
+    p = _stage_parser(sub, "embed", help="regions of a FASTA -> embeddings (.zarr)",
+                      description="Embed regions (BED, or every FASTA record) with a model's "
+                                  "hidden states: mean-pooled per region, per base on request.")
+    p.add_argument("--model", dest="model_dir", required=True, type=Path, metavar="MODEL_DIR")
+    p.add_argument("--fasta", required=True, type=Path, metavar="FA",
+                   help="indexed FASTA, plain or bgzipped")
+    p.add_argument("--bed", type=Path, metavar="BED",
+                   help="regions: chrom, start, end[, name, score, strand]; strand - embeds "
+                        "the reverse complement (not given: every FASTA record, whole)")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.zarr")
+    p.add_argument("--per-base", action="store_true", help="also store every base's vector")
+    p.add_argument("--layer", type=int,
+                   help="residual stream after this many blocks: 0 = embedding, -1 = final "
+                        "normalised output")
+    p.add_argument("--rc-average", action="store_true",
+                   help="average with the other strand, position by position")
+    _add_chunk_length(p)
+    p.add_argument("--max-length", type=int, metavar="N",
+                   help="longest region a non-causal model embeds in its one pass")
+    _add_runtime_options(p)
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    _add_quiet(p)
+    p.set_defaults(func=_cmd_embed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,135 +392,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("tokenize", help="FASTA/SAM/BAM/CRAM -> token store (.zarr)",
-                       description="Encode sequences into a Zarr v3 token store. FASTA "
-                                   "records become contigs; SAM/BAM/CRAM reads go into the "
-                                   "reads group.")
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
-                   help="FASTA (plain, gzip, BGZF), SAM, BAM or CRAM; format sniffed "
-                        "from the content")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="STORE.zarr")
-    p.add_argument("--threads", type=int, default=1, help="threads for decompression and "
-                                                          "compression (default 1)")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument("--chunk-size", type=int, default=1 << 20,
-                   help="Zarr chunk length in bases (default 1048576)")
-    p.add_argument("--reference", type=Path, metavar="FA", help="reference FASTA for CRAM")
-    p.add_argument("--region", metavar="R", help="only reads overlapping R (chr:start-end); "
-                                                 "needs an indexed BAM/CRAM")
-    p.add_argument("--exclude-flags", default="SECONDARY,QCFAIL,DUP,SUPPLEMENTARY",
-                   metavar="FLAGS", help="drop reads with any of these SAM flags: an integer "
-                                         "or names (UNMAP,SECONDARY,QCFAIL,DUP,SUPPLEMENTARY, "
-                                         "...); default %(default)s")
-    p.add_argument("--min-mapq", type=int, default=0, help="drop reads below this MAPQ")
-    p.add_argument("--min-length", type=int, default=1, help="drop reads shorter than this")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_tokenize)
-
-    p = sub.add_parser("info", help="summarise a token store")
-    p.add_argument("store", type=Path, metavar="STORE.zarr")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_cmd_info)
-
-    p = sub.add_parser("train", help="token stores -> model directory",
-                       description="Train a selective-SSM language model on token stores. "
-                                   "Options given here override the --config file.")
-    p.add_argument("stores", nargs="+", type=Path, metavar="STORE.zarr")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="MODEL_DIR")
-    p.add_argument("--config", type=Path, metavar="TRAIN.yaml",
-                   help="training config: model and split sections, schedule, batch, ...")
-    p.add_argument("--seq-len", type=int, metavar="L", help="window length")
-    p.add_argument("--batch-size", type=int, help="windows per micro-batch per process")
-    p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps in all")
-    p.add_argument("--max-time", type=float, metavar="SECONDS",
-                   help="stop with a checkpoint after this long (this invocation)")
-    p.add_argument("--seed", type=int)
-    _add_runtime_options(p)
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint in MODEL_DIR exactly")
-    p.add_argument("--force", action="store_true", help="replace an existing MODEL_DIR")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("evaluate", help="bits per base on held-out regions vs a Markov baseline",
-                       description="Score a model on a store's held-out regions (the model's "
-                                   "validation split, or --regions) in bits per base, against "
-                                   "a k-mer Markov baseline fit on its training data; write "
-                                   "METRICS.json and plots.")
-    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
-    p.add_argument("store", type=Path, metavar="STORE.zarr")
-    p.add_argument("--regions", type=Path, metavar="BED",
-                   help="evaluate these regions instead of the model's validation split")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="METRICS.json")
-    p.add_argument("--plots", type=Path, metavar="DIR",
-                   help="directory for the PNG plots (default: beside METRICS.json)")
-    _add_runtime_options(p)
-    p.add_argument("--chunk-length", type=int, default=1 << 16, metavar="N",
-                   help="bases per streamed piece for causal models (default 65536)")
-    p.add_argument("--markov-max-order", type=int, default=10, metavar="K",
-                   help="highest Markov order tried (0..12, default 10)")
-    p.add_argument("--max-windows", type=int, default=32, metavar="N",
-                   help="windows of the training length for bits by position (default 32)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_evaluate)
-
-    p = sub.add_parser("score", help="VCF/BCF + FASTA -> variant scores (scored VCF + table)",
-                       description="Score every alt allele of a VCF/BCF with a model: "
-                                   "log-likelihood ratio (causal models) or masked-LM log-ratio "
-                                   "(masked models) in nats, and embedding distances, averaged "
-                                   "over both strands. Writes a bgzipped, tabix-indexed VCF with "
-                                   "GENOSSM_* INFO fields and a table.")
-    p.add_argument("vcf", type=Path, metavar="VCF", help="VCF (plain or bgzipped) or BCF")
-    p.add_argument("--fasta", required=True, type=Path, metavar="FA",
-                   help="reference FASTA, plain or bgzipped, faidx-indexed")
-    p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.vcf.gz")
-    p.add_argument("--table", type=Path, metavar="OUT.tsv",
-                   help="one row per (record, alt allele) (default: OUT.tsv beside OUT.vcf.gz)")
-    p.add_argument("--plot", type=Path, metavar="OUT.png",
-                   help="also draw the distributions of the scores (LLR, cosine distance)")
-    p.add_argument("--window", type=int, default=4096, metavar="W",
-                   help="haplotype window centred on the variant, in bases (default 4096)")
-    p.add_argument("--batch-size", type=int, default=32, metavar="B",
-                   help="sequences per model call (default 32)")
-    _add_runtime_options(p)
-    names = p.add_mutually_exclusive_group()
-    names.add_argument("--rename-chroms", choices=["add-chr", "strip-chr"],
-                       help="VCF contig names -> FASTA names: add or strip a 'chr' prefix")
-    names.add_argument("--chrom-map", type=Path, metavar="TSV",
-                       help="two tab-separated columns: VCF contig name, FASTA contig name")
-    p.add_argument("--no-prefix-reuse", action="store_true",
-                   help="run each haplotype from its start (slower; same scores)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_score)
-
-    p = sub.add_parser("embed", help="regions of a FASTA -> embeddings (.zarr)",
-                       description="Embed regions (BED, or every FASTA record) with a model's "
-                                   "hidden states: mean-pooled per region, per base on request.")
-    p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR")
-    p.add_argument("--fasta", required=True, type=Path, metavar="FA",
-                   help="indexed FASTA, plain or bgzipped")
-    p.add_argument("--bed", type=Path, metavar="BED",
-                   help="regions: chrom, start, end[, name, score, strand]; strand - embeds "
-                        "the reverse complement (default: every FASTA record, whole)")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.zarr")
-    p.add_argument("--per-base", action="store_true", help="also store every base's vector")
-    p.add_argument("--layer", type=int, default=-1,
-                   help="residual stream after this many blocks: 0 = embedding, -1 = final "
-                        "normalised output (default -1)")
-    p.add_argument("--rc-average", action="store_true",
-                   help="average with the other strand, position by position")
-    p.add_argument("--chunk-length", type=int, default=1 << 16, metavar="N",
-                   help="bases per streamed piece for causal models (default 65536)")
-    p.add_argument("--max-length", type=int, default=1 << 20, metavar="N",
-                   help="longest region a non-causal model embeds in its one pass "
-                        "(default 1048576)")
-    _add_runtime_options(p)
-    p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_embed)
+    _add_tokenize(sub)
+    _add_info(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_score(sub)
+    _add_embed(sub)
     return parser
+
+
+def command_options(command: str) -> dict[str, argparse.Action]:
+    """The options of one subcommand by option string (``--window`` -> its action): what the
+    workflow checks its config sections against."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices[command]._option_string_actions)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,33 +4,21 @@ The split is decided once, from the stores' contig lengths and the config, and r
 model directory. Training windows lie wholly inside training intervals, so no validation base is
 ever sampled. Window ``i`` is drawn from its own random generator seeded by ``(seed, i)``: the
 stream is the same for any number of DataLoader workers, and resuming at step ``s`` is starting
-at index ``s × batch``.
+at index ``s × batch`` (``StepBatches``). ``lm_batch`` turns a batch of windows into the inputs
+and targets of the model's objective.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from genossm import alphabet
 from genossm.errors import InputError
+from genossm.regions import Region, check_inside, merge_spans, read_bed
 from genossm.store import TokenStore
-
-
-@dataclass(frozen=True)
-class Interval:
-    """Half-open [start, end) on one contig of one store (index into the store list)."""
-    store: int
-    contig: str
-    start: int
-    end: int
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start
 
 
 @dataclass
@@ -45,59 +33,8 @@ class SplitConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
-@dataclass(frozen=True)
-class BedRecord:
-    """One BED line: 0-based half-open [start, end), the optional name and strand ("." when
-    absent), and the line number for error messages."""
-    chrom: str
-    start: int
-    end: int
-    name: str
-    strand: str
-    line: int
-
-
-def read_bed(path) -> list[BedRecord]:
-    """Every record of a BED file; blank, header, track and comment lines are skipped."""
-    path = Path(path)
-    regions = []
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(path, f"cannot read BED ({e})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip() or line.startswith(("#", "track", "browser")):
-            continue
-        fields = [f.strip() for f in line.split("\t")]
-        if len(fields) < 3:
-            raise InputError(path, "a BED line needs chrom, start and end separated by tabs",
-                             place=f"line {number}")
-        try:
-            start, end = int(fields[1]), int(fields[2])
-        except ValueError:
-            raise InputError(path, "start and end must be integers",
-                             place=f"line {number}") from None
-        if not 0 <= start < end:
-            raise InputError(path, f"need 0 <= start < end, got {start}-{end}",
-                             place=f"line {number}")
-        name = fields[3] if len(fields) > 3 else ""
-        strand = fields[5] if len(fields) > 5 else "."
-        regions.append(BedRecord(fields[0], start, end, name, strand, number))
-    return regions
-
-
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[list[int]] = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return [(a, b) for a, b in merged]
-
-
 def split_regions(stores: list[TokenStore], split: SplitConfig
-                  ) -> tuple[list[Interval], list[Interval]]:
+                  ) -> tuple[list[Region], list[Region]]:
     """(training intervals, validation intervals) over every contig of every store."""
     lengths = {}
     for i, store in enumerate(stores):
@@ -111,37 +48,34 @@ def split_regions(stores: list[TokenStore], split: SplitConfig
         for i, length in lengths[name]:
             held.setdefault((i, name), []).append((0, length))
     if split.val_bed:
-        for r in read_bed(split.val_bed):
-            if r.chrom not in lengths:
-                raise InputError(split.val_bed, f"contig {r.chrom!r} is not in any store",
-                                 place=f"line {r.line}")
-            for i, length in lengths[r.chrom]:
-                if r.end > length:
-                    raise InputError(split.val_bed, f"{r.chrom}:{r.start}-{r.end} runs past the "
-                                     f"contig's end ({length})", place=f"line {r.line}")
-                held.setdefault((i, r.chrom), []).append((r.start, r.end))
+        bed = read_bed(split.val_bed)
+        check_inside(bed, {name: min(n for _, n in places) for name, places in lengths.items()},
+                     "any store")
+        for r in bed:
+            for i, _ in lengths[r.contig]:
+                held.setdefault((i, r.contig), []).append((r.start, r.end))
     train, val = [], []
     for name, places in lengths.items():
         for i, length in places:
             spans = held.get((i, name), [])
             if split.val_fraction:
                 spans = spans + [(length - int(round(length * split.val_fraction)), length)]
-            spans = _merge([(a, b) for a, b in spans if b > a])
-            val += [Interval(i, name, a, b) for a, b in spans]
+            spans = merge_spans([(a, b) for a, b in spans if b > a])
+            val += [Region(name, a, b, store=i) for a, b in spans]
             cursor = 0
             for a, b in spans + [(length, length)]:
                 if a > cursor:
-                    train.append(Interval(i, name, cursor, a))
+                    train.append(Region(name, cursor, a, store=i))
                 cursor = max(cursor, b)
     return train, val
 
 
-def describe_split(stores: list[TokenStore], train: list[Interval], val: list[Interval]) -> dict:
+def describe_split(stores: list[TokenStore], train: list[Region], val: list[Region]) -> dict:
     """The split as plain JSON for the model directory."""
     return {
         "stores": [str(s.path) for s in stores],
-        "train": [asdict(iv) for iv in train],
-        "validation": [asdict(iv) for iv in val],
+        "train": [iv.interval_json() for iv in train],
+        "validation": [iv.interval_json() for iv in val],
         "train_bases": sum(iv.length for iv in train),
         "validation_bases": sum(iv.length for iv in val),
     }
@@ -161,7 +95,7 @@ class WindowDataset(torch.utils.data.Dataset):
     N and padding, which are never targets.
     """
 
-    def __init__(self, stores: list[TokenStore], intervals: list[Interval], seq_len: int, *,
+    def __init__(self, stores: list[TokenStore], intervals: list[Region], seq_len: int, *,
                  num_samples: int, seed: int = 0, max_n_fraction: float = 0.1,
                  rc_augment: bool = True, use_reads: bool = True, max_tries: int = 1000):
         self.stores = stores
@@ -231,3 +165,46 @@ class WindowDataset(torch.utils.data.Dataset):
         out = np.full(self.seq_len, alphabet.N, dtype=np.uint8)  # padding is N: no target
         out[:codes.size] = codes
         return out, out != alphabet.N, max(1, codes.size)
+
+
+# --- batches of a step ----------------------------------------------------------------------
+class StepBatches(torch.utils.data.Sampler):
+    """Dataset indices of every micro-batch from ``start_step`` on, for one rank: micro-batch m
+    of step s, row r is index ((s·accum + m)·world + rank)·batch + r (``cfg``: the run's
+    TrainConfig, for max_steps, grad_accum and batch_size)."""
+
+    def __init__(self, cfg, start_step: int, rank: int, world: int):
+        self.cfg, self.start_step, self.rank, self.world = cfg, start_step, rank, world
+
+    def __iter__(self):
+        cfg = self.cfg
+        for step in range(self.start_step, cfg.max_steps):
+            for micro in range(cfg.grad_accum):
+                first = ((step * cfg.grad_accum + micro) * self.world + self.rank) * \
+                    cfg.batch_size
+                yield list(range(first, first + cfg.batch_size))
+
+    def __len__(self):
+        return (self.cfg.max_steps - self.start_step) * self.cfg.grad_accum
+
+
+def mlm_inputs(tokens: torch.Tensor, mask: torch.Tensor, probability: float,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs with a random ``probability`` of the target positions set to MASK, the masked
+    positions); a row with no masked position gets its first target masked."""
+    draw = torch.rand(tokens.shape, generator=generator).to(mask.device) < probability
+    chosen = draw & mask
+    empty = ~chosen.any(dim=-1, keepdim=True)
+    chosen |= empty & mask & (mask.cumsum(-1) == 1)
+    inputs = torch.where(chosen, torch.full_like(tokens, alphabet.MASK), tokens)
+    return inputs, chosen
+
+
+def lm_batch(tokens: torch.Tensor, mask: torch.Tensor, objective: str, mlm_probability: float,
+             generator: torch.Generator | None = None):
+    """(inputs, targets, target weights) of a batch of windows. clm: inputs are tokens 0..L-2
+    and logits t predict token t+1; mlm: masked tokens are predicted where they stand."""
+    if objective == "clm":
+        return tokens[:, :-1], tokens[:, 1:], mask[:, 1:]
+    inputs, chosen = mlm_inputs(tokens, mask, mlm_probability, generator)
+    return inputs, tokens, chosen

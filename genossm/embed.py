@@ -33,23 +33,21 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pysam
 import torch
 import zarr
 from tqdm import tqdm
 
 from genossm import __version__, alphabet
-from genossm.data import read_bed
 from genossm.errors import InputError
-from genossm.fileio import open_fasta, replace_path, temporary_sibling
+from genossm.fileio import StagedOutputs
 from genossm.model import GenoSSM
+from genossm.reference import Reference
+from genossm.regions import STRANDS, Region, check_inside, read_bed
 from genossm.runtime import open_model
 
 log = logging.getLogger("genossm.embed")
@@ -58,61 +56,20 @@ FORMAT_VERSION = 1
 DEFAULT_CHUNK_LENGTH = 1 << 16
 DEFAULT_MAX_LENGTH = 1 << 20
 CHUNK_BYTES = 4 << 20      # target size of one Zarr chunk of per-base or pooled rows
-STRANDS = ("+", "-", ".")
-
-
-@dataclass(frozen=True)
-class Region:
-    """One region to embed; ``source`` and ``place`` say where it came from (for errors)."""
-    chrom: str
-    start: int
-    end: int
-    name: str
-    strand: str
-    source: str
-    place: str
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start
-
-    def error(self, message: str) -> InputError:
-        return InputError(self.source, message, place=self.place)
 
 
 # --------------------------------------------------------------------------- regions
 
 
-def bed_regions(bed, fasta: pysam.FastaFile) -> list[Region]:
-    """The BED's regions, each checked against the FASTA's contigs."""
-    bed = Path(bed)
-    lengths = dict(zip(fasta.references, fasta.lengths, strict=True))
-    regions = []
-    for r in read_bed(bed):
-        region = Region(r.chrom, r.start, r.end, r.name, r.strand, str(bed), f"line {r.line}")
+def bed_regions(bed, reference: Reference) -> list[Region]:
+    """The BED's regions, each checked against the reference's contigs."""
+    regions = read_bed(bed)
+    for r in regions:
         if r.strand not in STRANDS:
-            raise region.error(f"strand must be +, - or ., got {r.strand!r}")
-        if r.chrom not in lengths:
-            raise region.error(f"contig {r.chrom!r} is not in {os.fsdecode(fasta.filename)}")
-        if r.end > lengths[r.chrom]:
-            raise region.error(f"{r.chrom}:{r.start}-{r.end} runs past the contig's end "
-                               f"({lengths[r.chrom]:,})")
-        regions.append(region)
+            raise r.error(f"strand must be +, - or ., got {r.strand!r}")
+    check_inside(regions, reference.lengths, reference.name)
     if not regions:
         raise InputError(bed, "no regions")
-    return regions
-
-
-def fasta_regions(fasta: pysam.FastaFile) -> list[Region]:
-    """Every FASTA record, whole, as one forward-strand region. (htslib leaves records without
-    sequence out of the index; one listed with length 0 by a foreign .fai is an error.)"""
-    path = os.fsdecode(fasta.filename)
-    regions = []
-    for name, length in zip(fasta.references, fasta.lengths, strict=True):
-        region = Region(name, 0, length, name, "+", path, f"record {name!r}")
-        if length == 0:
-            raise region.error("no sequence to embed")
-        regions.append(region)
     return regions
 
 
@@ -120,12 +77,12 @@ def fasta_regions(fasta: pysam.FastaFile) -> list[Region]:
 
 
 class Embedder:
-    """Hidden states of one layer over regions of a FASTA, piece by piece."""
+    """Hidden states of one layer over regions of a reference, piece by piece."""
 
-    def __init__(self, model: GenoSSM, fasta: pysam.FastaFile, *, layer: int,
+    def __init__(self, model: GenoSSM, reference: Reference, *, layer: int,
                  chunk_length: int):
         self.model = model
-        self.fasta = fasta
+        self.reference = reference
         self.layer = layer
         self.chunk_length = chunk_length
         self.streaming = model.config.causal
@@ -145,31 +102,26 @@ class Embedder:
     def run(self, region: Region, reverse: bool, mirrored: bool = False
             ) -> Iterator[torch.Tensor]:
         """(n, width) hidden states of consecutive pieces of the region's sequence on one
-        strand: forward, or (``reverse``) the reverse complement of [start, end)."""
-        state = self.model.initial_state(1) if self.streaming else None
-        for lo, hi in self.pieces(region.length, mirrored):
-            if reverse:
-                codes = alphabet.reverse_complement(
-                    self.fetch(region, region.end - hi, region.end - lo))
-            else:
-                codes = self.fetch(region, region.start + lo, region.start + hi)
-            tokens = torch.from_numpy(codes.astype(np.int64))[None].to(self.device)
-            if state is None:
-                hidden = self.model.hidden_states(tokens, self.layer)
-            else:
-                hidden, state = self.model.hidden_states(tokens, self.layer, state)
-            yield hidden[0]
+        strand: forward, or (``reverse``) the reverse complement of [start, end). A causal
+        model streams the pieces (the model's one streaming path); any other model reads the
+        region in one piece."""
+        tokens = (self.tokens(region, lo, hi, reverse)
+                  for lo, hi in self.pieces(region.length, mirrored))
+        if not self.streaming:
+            for piece in tokens:
+                yield self.model.hidden_states(piece, self.layer)[0]
+            return
+        for piece in self.model.stream(tokens, layer=self.layer):
+            yield piece.hidden[0]
 
-    def fetch(self, region: Region, start: int, end: int) -> np.ndarray:
-        seq = self.fasta.fetch(region.chrom, start, end)
-        if len(seq) != end - start:
-            raise region.error(f"FASTA returned {len(seq)} bases for {region.chrom}:"
-                               f"{start}-{end}")
-        try:
-            return alphabet.encode(seq)
-        except ValueError as e:
-            raise InputError(os.fsdecode(self.fasta.filename), str(e),
-                             place=f"contig {region.chrom!r} from base {start}") from None
+    def tokens(self, region: Region, lo: int, hi: int, reverse: bool) -> torch.Tensor:
+        """(1, hi - lo) tokens of bases [lo, hi) of the region's pass on one strand."""
+        if reverse:
+            codes = alphabet.reverse_complement(
+                self.reference.codes(region.contig, region.end - hi, region.end - lo))
+        else:
+            codes = self.reference.codes(region.contig, region.start + lo, region.start + hi)
+        return torch.from_numpy(codes.astype(np.int64))[None].to(self.device)
 
 
 class PieceStack:
@@ -278,8 +230,9 @@ def _chunk_rows(width: int, count: int) -> int:
 def _write_regions(group, regions: list[Region]) -> None:
     g = group.create_group("regions")
     chunks = (_chunk_rows(1, len(regions)),)
-    for field in ("chrom", "name", "strand"):
-        values = np.array([getattr(r, field) for r in regions], dtype=np.dtypes.StringDType())
+    for field, attribute in (("chrom", "contig"), ("name", "name"), ("strand", "strand")):
+        values = np.array([getattr(r, attribute) for r in regions],
+                          dtype=np.dtypes.StringDType())
         g.create_array(field, shape=values.shape, dtype=str, chunks=chunks)[:] = values
     for field in ("start", "end"):
         values = np.array([getattr(r, field) for r in regions], dtype=np.int64)
@@ -299,51 +252,54 @@ def embed(model_dir, fasta, output, *, bed=None, per_base: bool = False, layer: 
     for option, value in (("--chunk-length", chunk_length), ("--max-length", max_length)):
         if value < 1:
             raise InputError(None, f"{option} must be positive, got {value}")
-    with open_fasta(fasta) as fa:
-        regions = bed_regions(bed, fa) if bed else fasta_regions(fa)
+    with Reference(fasta) as reference:
+        regions = bed_regions(bed, reference) if bed else reference.records()
         model = open_model(model_dir, device)
-        cfg = model.config
-        try:
-            layer = model.layer_index(layer)
-        except IndexError:
-            raise InputError(None, f"--layer {layer} is out of range for a model of "
-                                   f"{cfg.n_layer} layers (0..{cfg.n_layer} or -1..-"
-                                   f"{cfg.n_layer + 1})") from None
-        if not cfg.causal:
-            too_long = next((r for r in regions if r.length > max_length), None)
-            if too_long is not None:
-                raise too_long.error(f"{too_long.length:,} bases is more than --max-length "
-                                     f"{max_length:,}: a non-causal model (bidirectional or "
-                                     "rc_equivariant) embeds a region in one pass")
-        if rc_average and cfg.rc_equivariant:
-            log.warning("the model is rc_equivariant (its hidden states already hold both "
-                        "strands): --rc-average has no effect")
-            rc_average = False
-        embedder = Embedder(model, fa, layer=layer,
-                            chunk_length=chunk_length)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_sibling(output)
-        stack = PieceStack(output.parent) if per_base and rc_average else None
-        try:
-            group = _write(embedder, regions, tmp, per_base=per_base, rc_average=rc_average,
-                           stack=stack, progress=progress)
-            attrs = {
-                "format": FORMAT_VERSION, "kind": "embeddings", "model": str(model_dir),
-                "model_config": cfg.to_dict(), "layer": embedder.layer, "pooling": "mean",
-                "rc_average": rc_average, "per_base": per_base, "width": embedder.width,
-                "fasta": str(fasta), "bed": None if bed is None else str(bed),
-                "created_by": f"genossm {__version__}",
-            }
+        layer, rc_average = _check_model(model, regions, layer, rc_average, max_length)
+        embedder = Embedder(model, reference, layer=layer, chunk_length=chunk_length)
+        attrs = {
+            "format": FORMAT_VERSION, "kind": "embeddings", "model": str(model_dir),
+            "model_config": model.config.to_dict(), "layer": layer, "pooling": "mean",
+            "rc_average": rc_average, "per_base": per_base, "width": embedder.width,
+            "fasta": str(fasta), "bed": None if bed is None else str(bed),
+            "created_by": f"genossm {__version__}",
+        }
+        with StagedOutputs() as staged:
+            tmp = staged.path(output)
+            stack = PieceStack(output.parent) if per_base and rc_average else None
+            try:
+                group = _write(embedder, regions, tmp, per_base=per_base,
+                               rc_average=rc_average, stack=stack, progress=progress)
+            finally:
+                if stack is not None:
+                    stack.close()
             group.attrs["genossm"] = attrs  # last: marks the group complete
-            replace_path(tmp, output)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        finally:
-            if stack is not None:
-                stack.close()
     return {"output": str(output), "regions": len(regions),
             "bases": sum(r.length for r in regions), "width": embedder.width}
+
+
+def _check_model(model: GenoSSM, regions: list[Region], layer: int, rc_average: bool,
+                 max_length: int) -> tuple[int, bool]:
+    """(the resolved layer index, whether to average strands) for this model and these
+    regions; a region too long for a non-causal model's one pass is an error."""
+    cfg = model.config
+    try:
+        layer = model.layer_index(layer)
+    except IndexError:
+        raise InputError(None, f"--layer {layer} is out of range for a model of "
+                               f"{cfg.n_layer} layers (0..{cfg.n_layer} or -1..-"
+                               f"{cfg.n_layer + 1})") from None
+    if not cfg.causal:
+        too_long = next((r for r in regions if r.length > max_length), None)
+        if too_long is not None:
+            raise too_long.error(f"{too_long.length:,} bases is more than --max-length "
+                                 f"{max_length:,}: a non-causal model (bidirectional or "
+                                 "rc_equivariant) embeds a region in one pass")
+    if rc_average and cfg.rc_equivariant:
+        log.warning("the model is rc_equivariant (its hidden states already hold both "
+                    "strands): --rc-average has no effect")
+        rc_average = False
+    return layer, rc_average
 
 
 def _write(embedder: Embedder, regions: list[Region], path: Path, *, per_base: bool,

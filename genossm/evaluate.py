@@ -12,6 +12,7 @@ it, and the Markov baseline is scored on exactly the same bases.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -23,16 +24,14 @@ import torch
 from tqdm import tqdm
 
 from genossm import alphabet
-from genossm.data import read_bed
 from genossm.errors import InputError
 from genossm.fileio import atomic_write
 from genossm.markov import MarkovBaseline
-from genossm.model import GenoSSM, read_model_info
-from genossm.model.io import CONFIG_NAME
+from genossm.model import GenoSSM, ModelDir, TrainingInfo, last_record
 from genossm.plots import plot_bits_by_position, plot_training_curves
+from genossm.regions import Region, check_inside, overlap_bases, read_bed
 from genossm.runtime import open_model, resolve_device
 from genossm.store import TokenStore
-from genossm.train import read_metrics
 
 CAUSAL = "causal_streamed"
 MASKED = "masked_15pct"
@@ -45,94 +44,62 @@ POSITION_PLOT = "bits_by_position.png"
 LN2 = math.log(2.0)
 
 
-@dataclass(frozen=True)
-class Region:
-    """Half-open [start, end) on one contig of the evaluated store."""
-    contig: str
-    start: int
-    end: int
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start
-
-
 # --------------------------------------------------------------------------- regions
 
 
-def training_info(model_dir: Path) -> dict:
-    """The ``training`` section of config.json (stores, seq_len, split), checked."""
-    config_path = model_dir / CONFIG_NAME
-    try:
-        info = read_model_info(model_dir)
-    except (FileNotFoundError, ValueError) as e:
-        raise InputError(None, str(e)) from None
-    training = info.get("training")
-    try:
-        split = training["split"]
-        ok = (isinstance(training["stores"], list) and int(training["seq_len"]) >= 2
-              and all(isinstance(split[k], list) for k in ("train", "validation")))
-    except (KeyError, TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise InputError(config_path, "no usable 'training' section (stores, seq_len >= 2, "
-                                      "split.train, split.validation): was it made by "
-                                      "genossm train?")
-    return training
-
-
-def store_intervals(training: dict, store: TokenStore, kind: str,
+def store_intervals(training: TrainingInfo, store: TokenStore, kind: str,
                     config_path: Path) -> list[Region]:
     """The model's ``kind`` ("train" or "validation") intervals on ``store``: those recorded
     for the same store (by resolved path) or, when no recorded store is this one, those on
     contigs of the same name."""
     here = store.path.resolve()
-    same = {i for i, p in enumerate(training["stores"]) if Path(p).resolve() == here}
+    same = {i for i, p in enumerate(training.stores) if Path(p).resolve() == here}
     regions: dict[Region, None] = {}   # ordered set: name matching may meet a contig twice
-    for iv in training["split"][kind]:
-        try:
-            ours = iv["store"] in same if same else iv["contig"] in store.contig_index
-            if ours:
-                regions[Region(iv["contig"], int(iv["start"]), int(iv["end"]))] = None
-        except (KeyError, TypeError, ValueError):
-            raise InputError(config_path, f"malformed {kind} interval {iv!r}") from None
+    for iv in training.intervals(kind):
+        if iv.store in same if same else iv.contig in store.contig_index:
+            regions[Region(iv.contig, iv.start, iv.end)] = None
+    lengths = _contig_lengths(store, regions)
     for r in regions:
-        length = store.contig(r.contig).length if r.contig in store.contig_index else 0
-        if r.end > length:
+        if r.end > lengths.get(r.contig, 0):
             raise InputError(config_path, f"{kind} interval {r.contig}:{r.start}-{r.end} is not "
                                           f"inside a contig of {store.path}; is this the store "
                                           "the model was trained on?")
     return list(regions)
 
 
+def _contig_lengths(store: TokenStore, regions) -> dict[str, int]:
+    """The lengths of the store's contigs that ``regions`` name."""
+    names = {r.contig for r in regions} & set(store.contig_index)
+    return {name: store.contig(name).length for name in names}
+
+
 def bed_regions(path: Path, store: TokenStore) -> list[Region]:
     """The BED's regions, each checked to lie inside a contig of ``store``."""
-    regions = []
-    for r in read_bed(path):
-        if r.chrom not in store.contig_index:
-            raise InputError(path, f"contig {r.chrom!r} is not in {store.path}",
-                             place=f"line {r.line}")
-        length = store.contig(r.chrom).length
-        if r.end > length:
-            raise InputError(path, f"{r.chrom}:{r.start}-{r.end} runs past the contig's end "
-                                   f"({length:,})", place=f"line {r.line}")
-        regions.append(Region(r.chrom, r.start, r.end))
+    regions = read_bed(path)
+    check_inside(regions, _contig_lengths(store, regions), str(store.path))
     if not regions:
         raise InputError(path, "no regions in the BED file")
     return regions
 
 
-def overlap_bases(regions: list[Region], others: list[Region]) -> int:
-    """Bases of ``regions`` (counted once per region) that lie in any of ``others``."""
-    by_contig: dict[str, list[tuple[int, int]]] = {}
-    for o in sorted(others, key=lambda r: (r.contig, r.start)):
-        spans = by_contig.setdefault(o.contig, [])
-        if spans and o.start <= spans[-1][1]:
-            spans[-1] = (spans[-1][0], max(spans[-1][1], o.end))
-        else:
-            spans.append((o.start, o.end))
-    return sum(max(0, min(r.end, b) - max(r.start, a))
-               for r in regions for a, b in by_contig.get(r.contig, []))
+def _train_and_evaluated(directory: ModelDir, training: TrainingInfo, store: TokenStore,
+                         regions_bed) -> tuple[list[Region], list[Region], str]:
+    """(the model's training intervals on ``store``, the regions to evaluate, where those come
+    from): the BED's regions, or the model's validation intervals on the store."""
+    config_path = directory.config_path
+    train = store_intervals(training, store, "train", config_path)
+    if regions_bed is not None:
+        regions, source = bed_regions(Path(regions_bed), store), str(regions_bed)
+    else:
+        regions, source = store_intervals(training, store, "validation", config_path), \
+            "validation split"
+        if not regions:
+            raise InputError(config_path, f"the model has no validation interval on "
+                                          f"{store.path}; give --regions BED")
+    if not train:
+        raise InputError(config_path, f"the model has no training interval on {store.path}, "
+                                      "so there is nothing to fit the Markov baseline on")
+    return train, regions, source
 
 
 # --------------------------------------------------------------------------- Markov baseline
@@ -152,8 +119,8 @@ def fit_markov(store: TokenStore, train: list[Region], max_order: int
     fit_part, held_part = [], []
     for r in train:
         cut = r.end - r.length // 10
-        fit_part.append(Region(r.contig, r.start, cut))
-        held_part.append(Region(r.contig, cut, r.end))
+        fit_part.append(dataclasses.replace(r, end=cut))
+        held_part.append(dataclasses.replace(r, start=cut))
     markov = MarkovBaseline(max_order=max_order)
     scores = markov.choose_order(
         (p for r in fit_part for p in _pieces(store, r, MARKOV_PIECE)),
@@ -177,23 +144,15 @@ def _tokens(codes: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(codes.astype(np.int64)).to(device)
 
 
-def _gather_log2p(logp: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
-    """log2 of each target's probability under rows of natural-log probabilities."""
-    return (logp.gather(-1, targets[:, None])[:, 0] / LN2).double().cpu().numpy()
-
-
-def _next_base_log2p(logits: torch.Tensor, tokens: torch.Tensor,
-                     previous: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
-    """Causal LM: log2 p of every token from the logits one position earlier; position 0 is
-    scored from ``previous`` (the last log-prob row of the piece before) or left NaN. N is
-    never scored (NaN). Returns (log2 p, this piece's last log-prob row)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    rows = logp[:-1] if previous is None else torch.cat([previous, logp[:-1]])
-    first = tokens.shape[0] - rows.shape[0]
-    out = np.full(tokens.shape[0], np.nan)
-    out[first:] = _gather_log2p(rows, tokens[first:])
-    out[(tokens == alphabet.N).cpu().numpy()] = np.nan
-    return out, logp[-1:]
+def _causal_log2p(model: GenoSSM, codes: np.ndarray, device, state=None):
+    """Causal LM: log2 p of each base given every base before it in the stream that ``state``
+    continues (a new stream when None): NaN for the stream's first base, and N is never scored
+    (NaN). Returns (log2 p, the state after ``codes``)."""
+    tokens = _tokens(codes, device)[None]
+    piece = model.step(tokens, model.initial_state(1, device) if state is None else state)
+    out = piece.token_logp[0].double().cpu().numpy() / LN2
+    out[codes == alphabet.N] = np.nan
+    return out, piece.state
 
 
 def mask_positions(codes: np.ndarray, key: tuple[int, int]) -> np.ndarray:
@@ -217,7 +176,8 @@ def _masked_log2p(model: GenoSSM, codes: np.ndarray, positions: np.ndarray,
     masked[where] = alphabet.MASK
     logp = torch.log_softmax(model(masked[None])[0].float(), dim=-1)
     out = np.full(codes.size, np.nan)
-    out[positions] = _gather_log2p(logp[where], tokens[where])
+    chosen = logp[where].gather(-1, tokens[where, None])[:, 0]
+    out[positions] = (chosen / LN2).double().cpu().numpy()
     return out
 
 
@@ -228,13 +188,10 @@ def _scored_pieces(model: GenoSSM, store: TokenStore, region: Region, index: int
     region: streamed pieces of ``chunk_length`` carrying the model's state (causal), or
     windows of ``seq_len`` (masked)."""
     if measure == CAUSAL:
-        state = model.initial_state(1, device)
-        previous = None
+        state = None
         for start in range(region.start, region.end, chunk_length):
             codes = store.codes(region.contig, start, min(start + chunk_length, region.end))
-            tokens = _tokens(codes, device)
-            logits, state = model(tokens[None], state=state)
-            log2p, previous = _next_base_log2p(logits[0], tokens, previous)
+            log2p, state = _causal_log2p(model, codes, device, state)
             yield start, codes, log2p
     else:
         for start in range(region.start, region.end, seq_len):
@@ -303,8 +260,7 @@ def bits_by_position(model: GenoSSM, store: TokenStore, regions: list[Region],
         codes = store.codes(region.contig, region.start + offset,
                             region.start + offset + seq_len)
         if measure == CAUSAL:
-            tokens = _tokens(codes, device)
-            log2p, _ = _next_base_log2p(model(tokens[None])[0], tokens)
+            log2p, _ = _causal_log2p(model, codes, device)
         else:
             positions = mask_positions(codes, (index, offset))
             log2p = _masked_log2p(model, codes, positions, device)
@@ -320,10 +276,6 @@ def bits_by_position(model: GenoSSM, store: TokenStore, regions: list[Region],
         bins.append({"start": a, "end": b, "bases": n,
                      "bits_per_base": float(total[a:b].sum() / n) if n else None})
     return {"seq_len": seq_len, "windows": len(windows), "bins": bins}
-
-
-def _last(records: list[dict], split: str) -> dict | None:
-    return next((r for r in reversed(records) if r.get("split") == split), None)
 
 
 # --------------------------------------------------------------------------- the command
@@ -347,23 +299,12 @@ def evaluate(model_dir, store_path, output, *, regions_bed=None, plots_dir=None,
     if max_windows < 0:
         raise InputError(None, f"--max-windows must be >= 0, got {max_windows}")
     torch_device = resolve_device(device)
-    config_path = model_dir / CONFIG_NAME
-    training = training_info(model_dir)
-    seq_len = int(training["seq_len"])
+    directory = ModelDir(model_dir)
+    training = directory.training()
+    seq_len = training.seq_len
     store = TokenStore(store_path)
-    train = store_intervals(training, store, "train", config_path)
-    if regions_bed is not None:
-        regions, source = bed_regions(Path(regions_bed), store), str(regions_bed)
-    else:
-        regions, source = store_intervals(training, store, "validation", config_path), \
-            "validation split"
-        if not regions:
-            raise InputError(config_path, f"the model has no validation interval on "
-                                          f"{store.path}; give --regions BED")
-    if not train:
-        raise InputError(config_path, f"the model has no training interval on {store.path}, "
-                                      "so there is nothing to fit the Markov baseline on")
-    records = read_metrics(model_dir)
+    train, regions, source = _train_and_evaluated(directory, training, store, regions_bed)
+    records = directory.read_metrics()
     model = open_model(model_dir, torch_device)
     measure = CAUSAL if model.config.objective == "clm" else MASKED
 
@@ -400,8 +341,8 @@ def evaluate(model_dir, store_path, output, *, regions_bed=None, plots_dir=None,
         "improvement_bits_per_base": markov_bpb - model_bpb,
         "training_overlap_bases": overlap_bases(regions, train),
         "bits_by_position": profile,
-        "last_train": _last(records, "train"),
-        "last_val": _last(records, "val"),
+        "last_train": last_record(records, "train"),
+        "last_val": last_record(records, "val"),
         "plots": {k: str(p) for k, p in plots.items()},
     }
     text = json.dumps(metrics, indent=2, allow_nan=False) + "\n"

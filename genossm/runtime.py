@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from genossm.errors import InputError
-from genossm.model import GenoSSM, load_model
+from genossm.model import GenoSSM, ModelDir
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -38,6 +38,6 @@ def set_threads(threads: int | None) -> None:
 def open_model(model_dir, device="auto") -> GenoSSM:
     """The model of a model directory on the resolved device (eval mode)."""
     try:
-        return load_model(model_dir, resolve_device(device))
+        return ModelDir(model_dir).load_model(resolve_device(device))
     except (FileNotFoundError, ValueError) as e:
         raise InputError(None, str(e)) from None

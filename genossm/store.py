@@ -1,17 +1,19 @@
-"""The token store (DESIGN.md, "Token store"): a Zarr v3 group of base codes.
+"""The token store (docs/design.md, "Token store"): a Zarr v3 group of base codes.
 
 Writing streams (arrays grow by whole buffers, a contig never sits in memory twice) and is
 atomic (the group is built under a temporary name and renamed when complete; the root
 ``genossm`` attribute, written last, marks a finished store). Reading is lazy and fork-safe:
 a :class:`TokenStore` opens its Zarr group on first use in each process, so one object can be
 handed to many DataLoader workers.
+
+Writer and reader stay in one module (about 490 lines) on purpose: together they are the one
+owner of the store's layout, and a change to it is read and made in one place.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +26,7 @@ from zarr.codecs import BloscCodec
 
 from genossm import __version__, alphabet
 from genossm.errors import InputError
-from genossm.fileio import replace_path, temporary_sibling
+from genossm.fileio import StagedOutputs
 
 FORMAT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -282,14 +284,15 @@ class StoreWriter:
         self.buffer_chunks = max(1, buffer_chunks)
         self.threads = max(1, threads)
         self.pool: _WritePool | None = None
-        self.tmp_path = temporary_sibling(self.path)
+        self.staged = StagedOutputs()
+        self.tmp_path: Path | None = None
         self.group = None
         self.contig_index: dict[str, str] = {}
         self.contig_places: dict[str, str] = {}
         self._reads: ReadsWriter | None = None
 
     def __enter__(self) -> StoreWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = self.staged.path(self.path)
         self.group = zarr.open_group(str(self.tmp_path), mode="w", zarr_format=3)
         self.group.require_group("contigs")
         self.pool = _WritePool(self.threads)
@@ -343,10 +346,11 @@ class StoreWriter:
             "created_by": f"genossm {__version__}", "chunk_size": self.chunk_size,
             "sources": sources,
         }
-        return replace_path(self.tmp_path, self.path)
+        self.staged.commit()
+        return self.path
 
     def abort(self) -> None:
-        shutil.rmtree(self.tmp_path, ignore_errors=True)
+        self.staged.discard()
 
 
 # --------------------------------------------------------------------------- reading

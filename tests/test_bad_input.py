@@ -28,7 +28,7 @@ def run_bad(tmp_path, capsys, *args):
     assert len(err) == 1, err
     assert err[0].startswith("genossm: error: ")
     assert not out.exists()
-    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in tmp_path.iterdir() if ".genossm-" in p.name]
     return err[0]
 
 
@@ -203,18 +203,24 @@ def test_interrupted_run_leaves_no_complete_store(tmp_path, large_fasta, sig):
     proc = subprocess.Popen([*GENOSSM, "tokenize", str(large_fasta), "-o", str(out), "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while time.time() < deadline and not list(tmp_path.glob(".out.zarr.tmp-*/contigs/c000001")):
+    started = ".out.zarr.genossm-new.*/contigs/c000001"
+    while time.time() < deadline and not list(tmp_path.glob(started)):
         time.sleep(0.01)
     assert proc.poll() is None, "tokenize finished before it could be interrupted"
     os.kill(proc.pid, sig)
     _, err = proc.communicate(timeout=60)
     assert not out.exists()
-    leftovers = list(tmp_path.glob(".out.zarr.tmp-*"))
+    leftovers = list(tmp_path.glob(".out.zarr.genossm-*"))
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and err.strip().endswith("genossm: interrupted")
         assert not leftovers
     else:
         assert proc.returncode == -signal.SIGKILL
+        assert leftovers
         for tmp in leftovers:  # a killed run's temporary store is never taken for a store
             with pytest.raises(Exception, match="incomplete or foreign store"):
                 TokenStore(tmp)
+        # the next run to write the same output recognises the dead run's temporary and
+        # removes it
+        assert main(["tokenize", str(LAMBDA), "-o", str(out), "-q"]) == 0
+        assert not list(tmp_path.glob(".out.zarr.genossm-*"))

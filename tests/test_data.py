@@ -8,8 +8,9 @@ import torch
 
 from genossm import alphabet
 from genossm.cli import main
-from genossm.data import Interval, SplitConfig, WindowDataset, split_regions
+from genossm.data import SplitConfig, WindowDataset, split_regions
 from genossm.errors import InputError
+from genossm.regions import Region
 from genossm.store import TokenStore
 from helpers import CHR20, EX1_BAM, EX1_FA, LAMBDA, fasta_records
 
@@ -70,13 +71,13 @@ def _find(seq: str, window: str):
 
 
 def test_n_filter_and_loss_mask(stores):
-    train = [Interval(0, "20", 59_000, 62_000)]   # straddles the end of the telomeric N run
+    train = [Region("20", 59_000, 62_000, store=0)]   # straddles the end of the telomeric N run
     strict = WindowDataset(stores[:1], train, 1000, num_samples=50, seed=0, max_n_fraction=0.05)
     for i in range(len(strict)):
         item = strict[i]
         assert (item["tokens"] == alphabet.N).float().mean() <= 0.05
         assert torch.equal(item["loss_mask"], item["tokens"] != alphabet.N)
-    none = WindowDataset(stores[:1], [Interval(0, "20", 0, 50_000)], 1000, num_samples=1,
+    none = WindowDataset(stores[:1], [Region("20", 0, 50_000, store=0)], 1000, num_samples=1,
                          max_n_fraction=0.1, max_tries=20)
     with pytest.raises(InputError, match="no window with at most 10% N"):
         none[0]

@@ -208,45 +208,53 @@ def test_causal_model_is_causal():
     [23, 17],
 ])
 def test_streaming_equals_full_pass(pieces):
+    """The one streaming path (``model.stream``): pieces read one after another give the
+    logits and hidden states of one full pass, and each token's log-probability given every
+    token before it, across piece boundaries (computed here from the full pass's logits)."""
     model = make(n_groups=2)
     x = tokens(2, 40)
+    cuts = np.cumsum([0, *pieces])
     with torch.no_grad():
         full = model(x)
         full_h = model.hidden_states(x, layer=1)
-        state = model.initial_state(2)
-        outs, hs, start = [], [], 0
-        for n in pieces:
-            piece = x[:, start:start + n]
-            h, _ = model.hidden_states(piece, layer=1, state=state.clone())
-            logits, state = model(piece, state=state)
-            outs.append(logits)
-            hs.append(h)
-            start += n
-    assert start == 40 and state.offset == 40
-    assert rel_err(torch.cat(outs, 1), full) <= 1e-5
-    assert rel_err(torch.cat(hs, 1), full_h) <= 1e-5
+        pieces = [x[:, a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        out = list(model.stream(pieces, layer=1))
+    state = out[-1].state
+    assert cuts[-1] == 40 and state.offset == 40
+    assert rel_err(torch.cat([p.logits for p in out], 1), full) <= 1e-5
+    assert rel_err(torch.cat([p.hidden for p in out], 1), full_h) <= 1e-5
+    token_logp = torch.cat([p.token_logp for p in out], 1).double()
+    want = torch.log_softmax(full.double(), -1)[:, :-1].gather(-1, x[:, 1:, None])[..., 0]
+    assert torch.isnan(token_logp[:, 0]).all()          # nothing predicts the first token
+    torch.testing.assert_close(token_logp[:, 1:], want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(state.next_logp.double(),
+                               torch.log_softmax(full[:, -1].double(), -1), rtol=0, atol=1e-5)
 
 
 def test_streaming_state_is_fixed_size_and_cloneable():
     model = make()
     x = tokens(1, 30)
     with torch.no_grad():
-        state = model.initial_state(1)
-        _, state = model(x[:, :10], state=state)
+        state = model.step(x[:, :10], model.initial_state(1)).state
         sizes = [t.shape for t in state.conv + state.ssm]
         branch = state.clone()
-        ref, s1 = model(x[:, 10:], state=state)
-        _, s2 = model(x[:, 10:20], state=s1)
+        ref = model.step(x[:, 10:], state)
+        s2 = model.step(x[:, 10:20], ref.state).state
         assert [t.shape for t in s2.conv + s2.ssm] == sizes
         assert all(t.dtype == torch.float32 for t in s2.conv + s2.ssm)
-        again, _ = model(x[:, 10:], state=branch)  # state was not modified in place
-        assert torch.equal(ref, again)
-        # branch one prefix into three rows (e.g. ref / alt alleles)
+        again = model.step(x[:, 10:], branch)  # state was not modified in place
+        assert torch.equal(ref.logits, again.logits)
+        assert torch.equal(ref.token_logp, again.token_logp)
+        # branch one prefix into three rows (e.g. ref / alt alleles): the state and the
+        # prediction of the next token are both carried into every row
         three = state.index_select([0, 0, 0])
         alt = x[:, 10:].repeat(3, 1)
         alt[1, 0], alt[2, 0] = (alt[1, 0] + 1) % 4, (alt[2, 0] + 2) % 4
-        out3, _ = model(alt, state=three)
-        torch.testing.assert_close(out3[:1], ref, rtol=1e-5, atol=1e-6)
+        out3 = model.step(alt, three)
+        torch.testing.assert_close(out3.logits[:1], ref.logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out3.token_logp[:1], ref.token_logp, rtol=1e-5, atol=1e-6)
+        first = state.next_logp[0, alt[:, 0]]
+        torch.testing.assert_close(out3.token_logp[:, 0], first)
     with pytest.raises(ValueError, match="causal"):
         make(objective="mlm", bidirectional=True).initial_state(1)
 
@@ -272,10 +280,9 @@ def test_scan_backends_agree_with_ref(backend):
     for name, g in ref_grads.items():
         torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
     with torch.no_grad():
-        state = model.initial_state(2)
-        a, state = model(x[:, :13], state=state, backend=backend)
-        b, _ = model(x[:, 13:], state=state, backend=backend)
-    assert rel_err(torch.cat([a, b], 1), ref) <= 1e-5
+        streamed = model.stream([x[:, :13], x[:, 13:]], backend=backend)
+        logits = torch.cat([p.logits for p in streamed], 1)
+    assert rel_err(logits, ref) <= 1e-5
 
 
 # --- gradient checkpointing, autocast -------------------------------------------------------
@@ -309,7 +316,7 @@ def test_autocast_bf16_forward_keeps_float32_state():
         ref = model(x)
         with torch.autocast(device, dtype=torch.bfloat16):
             out = model(x)
-            _, state = model(x, state=model.initial_state(2))
+            state = model.step(x, model.initial_state(2)).state
     assert torch.isfinite(out).all()
     assert rel_err(out.float(), ref) < 0.1
     assert all(s.dtype == torch.float32 for s in state.ssm + state.conv)

@@ -14,72 +14,25 @@ pytest.importorskip("triton")
 
 from genossm.ops.scan_triton import chunk_len, scan_triton  # noqa: E402
 from genossm.ops.selective_scan import selective_scan  # noqa: E402
-
-NAMES = ("x", "dt", "A", "B", "C", "D", "dt_bias", "initial_state")
+from scan_harness import assert_tensor_close, cast, check_against_ref, make_inputs  # noqa: E402
 
 
 def _inputs(batch=2, length=45, heads=4, headdim=16, groups=2, dstate=16, d_shape="hp",
             init=True, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
-
-    return {
-        "x": rnd(batch, length, heads, headdim),
-        "dt": rnd(batch, length, heads, scale=0.5),
-        "A": -(torch.rand(heads, generator=gen, dtype=torch.float64) + 0.3),
-        "B": rnd(batch, length, groups, dstate, scale=0.5),
-        "C": rnd(batch, length, groups, dstate, scale=0.5),
-        "D": {"hp": rnd(heads, headdim), "h": rnd(heads), None: None}[d_shape],
-        "dt_bias": rnd(heads, scale=0.5) - 1.0,
-        "initial_state": rnd(batch, heads, headdim, dstate) if init else None,
-    }
+    return make_inputs(seed, batch, length, heads, groups, headdim, dstate, d_shape=d_shape,
+                       state=init, dt_scale=0.5, bc_scale=0.5, a_range=(0.3, 1.3))
 
 
-def _run(inputs, backend, dtype, chunk_size=16, grad_y=True, grad_final=True, seed=1):
-    """Outputs and input gradients of a weighted sum of y and the final state."""
-    leaves = {k: (v.detach().to(dtype).requires_grad_() if v is not None else None)
-              for k, v in inputs.items()}
-    y, final = selective_scan(
-        leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], leaves["D"],
-        dt_bias=leaves["dt_bias"], dt_softplus=True, initial_state=leaves["initial_state"],
-        return_final_state=True, chunk_size=chunk_size, backend=backend)
-    gen = torch.Generator().manual_seed(seed)
-    loss = 0.0
-    if grad_y:
-        loss = loss + (y.double() * torch.randn(y.shape, generator=gen, dtype=torch.float64)).sum()
-    if grad_final:
-        loss = loss + (final.double() * torch.randn(final.shape, generator=gen,
-                                                    dtype=torch.float64)).sum()
-    loss.backward()
-    grads = {k: (v.grad if v is not None else None) for k, v in leaves.items()}
-    return y, final, grads
+def _check(inputs, dtype=torch.float32, tol=1e-4, chunk_size=16, **kw):
+    """Triton in ``dtype`` against the float64 reference on the same rounded inputs: the error
+    of y, the final state and every gradient is at most ``tol`` x that tensor's largest
+    reference magnitude."""
+    check_against_ref(inputs, "triton", dtype=dtype, chunk_size=chunk_size, rtol=0.0, atol=tol,
+                      relative=True, seed=1, **kw)
 
 
-def _close(name, got, want, rtol):
-    assert got is not None, name
-    if want is None:  # the reference's output does not depend on this input
-        want = torch.zeros_like(got, dtype=torch.float64)
-    assert got.shape == want.shape, name
-    err = (got.double() - want.double()).abs().max().item()
-    scale = max(want.abs().max().item(), 1e-3)
-    assert err <= rtol * scale, f"{name}: max error {err:.3e} vs magnitude {scale:.3e}"
-
-
-def _check(inputs, dtype=torch.float32, rtol=1e-4, chunk_size=16, **kw):
-    if dtype != torch.float32:  # compare against the reference on the rounded inputs
-        inputs = {k: (v.to(dtype).double() if v is not None else None) for k, v in inputs.items()}
-    want_y, want_f, want_g = _run(inputs, "ref", torch.float64, **kw)
-    got_y, got_f, got_g = _run(inputs, "triton", dtype, chunk_size=chunk_size, **kw)
-    assert got_y.dtype == dtype and got_f.dtype == torch.float32
-    _close("y", got_y, want_y, rtol)
-    _close("final_state", got_f, want_f, rtol)
-    for k in NAMES:
-        if inputs[k] is None:
-            assert got_g[k] is None
-        else:
-            _close(f"d{k}", got_g[k], want_g[k], rtol)
+def _close(name, got, want, tol):
+    assert_tensor_close(name, got, want, rtol=0.0, atol=tol, relative=True)
 
 
 def test_ragged_length_groups_init_full_d():
@@ -112,11 +65,11 @@ def test_gradient_of_y_only_and_of_final_state_only():
 
 def test_bfloat16_inputs():
     # 16-bit inputs use 64-row tiles: chunk 128 has two; length 150 ends in a ragged chunk.
-    _check(_inputs(batch=1, length=150), dtype=torch.bfloat16, rtol=3e-2, chunk_size=128)
+    _check(_inputs(batch=1, length=150), dtype=torch.bfloat16, tol=3e-2, chunk_size=128)
 
 
 def test_float16_inputs():
-    _check(_inputs(batch=1, length=33, heads=2), dtype=torch.float16, rtol=1e-2)
+    _check(_inputs(batch=1, length=33, heads=2), dtype=torch.float16, tol=1e-2)
 
 
 @settings(max_examples=6, deadline=None, derandomize=True)
@@ -130,7 +83,7 @@ def test_random_shapes(length, chunk, heads_groups, d_shape, init, seed):
 
 
 def test_streaming_pieces_equal_one_pass():
-    inputs = {k: (v.float() if v is not None else None) for k, v in _inputs(length=70).items()}
+    inputs = cast(_inputs(length=70), torch.float32)
     args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D")]
     y, final = selective_scan(*args, initial_state=inputs["initial_state"],
                               return_final_state=True, chunk_size=16, backend="triton")
@@ -164,8 +117,7 @@ def test_chunk_len():
 
 
 def test_empty_length():
-    inputs = {k: (v.float() if v is not None else None)
-              for k, v in _inputs(batch=1, length=0, heads=2, groups=1).items()}
+    inputs = cast(_inputs(batch=1, length=0, heads=2, groups=1), torch.float32)
     y, final = scan_triton(inputs["x"], inputs["dt"], inputs["A"], inputs["B"], inputs["C"],
                            inputs["D"], initial_state=inputs["initial_state"],
                            return_final_state=True)
@@ -174,8 +126,7 @@ def test_empty_length():
 
 
 def test_rejects_cpu_without_interpreter_and_float64(monkeypatch):
-    inputs = {k: (v.float() if v is not None else None)
-              for k, v in _inputs(batch=1, length=4, heads=2, groups=1).items()}
+    inputs = cast(_inputs(batch=1, length=4, heads=2, groups=1), torch.float32)
     args = [inputs[k] for k in ("x", "dt", "A", "B", "C")]
     with pytest.raises(TypeError, match="float64"):
         scan_triton(args[0].double(), *args[1:])

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
+import stat
 
 import numpy as np
 import pysam
@@ -314,6 +316,48 @@ def test_bgzipped_vcf_and_bcf_score_like_plain_vcf(causal, tmp_path):
     assert [r["llr"] for r in from_bcf] == [r["llr"] for r in plain]
     with pysam.VariantFile(str(tmp_path / "bcf" / "scored.vcf.gz")) as vf:
         assert [r.pos for r in vf] == [int(r["pos"]) for r in plain if r["alt_index"] == "1"]
+
+
+def test_outputs_are_renamed_into_place_with_normal_permissions(causal, tmp_path):
+    _, model_dir = causal
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scored.vcf.gz").write_bytes(b"an older run")
+    run(VCF16, model_dir, out)
+    assert sorted(p.name for p in out.iterdir()) == \
+        ["scored.tsv", "scored.vcf.gz", "scored.vcf.gz.tbi"]     # no temporaries left
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in out.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+    with pysam.VariantFile(str(out / "scored.vcf.gz")) as vf:
+        assert len(list(vf)) == 11
+
+
+def test_error_while_scoring_leaves_old_outputs_and_no_temporaries(causal, tmp_path):
+    _, model_dir = causal
+    seq = list("ACGT" * 250)
+    seq[600] = "-"                                   # not a sequence letter
+    fa = write_fasta(tmp_path / "bad.fa", [("20", "".join(seq))])
+    vcf = tmp_path / "in.vcf"
+    vcf.write_text(vcf_text(VCF16, [f"20\t100\t.\t{seq[99]}\tA,C\t50\tPASS\t.",
+                                    f"20\t590\t.\t{seq[589]}\tA\t50\tPASS\t."]))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scored.tsv").write_text("an older run\n")
+    with pytest.raises(InputError, match=r"bad.fa.*invalid sequence character"):
+        run(vcf, model_dir, out, fasta=fa, batch_size=2)
+    assert [p.name for p in out.iterdir()] == ["scored.tsv"]
+    assert (out / "scored.tsv").read_text() == "an older run\n"
+
+
+def test_output_that_cannot_be_written_is_an_input_error(causal, tmp_path):
+    _, model_dir = causal
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match=r"file/s.vcf.gz(.tbi)?: cannot write"):
+        score_vcf(VCF4, fasta=CHR20, model_dir=model_dir, output=tmp_path / "file" / "s.vcf.gz",
+                  table=tmp_path / "s.tsv", window=WINDOW, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 # --- contig names --------------------------------------------------------------------------------

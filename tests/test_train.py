@@ -20,15 +20,8 @@ from safetensors.torch import load_file
 from genossm import train as train_module
 from genossm.cli import main
 from genossm.errors import InputError
-from genossm.model import load_model, read_model_info
-from genossm.train import (
-    TrainConfig,
-    learning_rate,
-    read_metrics,
-    recover_checkpoint,
-    sequence_length,
-    train,
-)
+from genossm.model import ModelDir, load_model, read_model_info
+from genossm.train import TrainConfig, learning_rate, sequence_length, train
 from helpers import CHR20, EX1_BAM, LAMBDA
 
 TINY = {"d_model": 32, "n_layer": 2, "d_state": 8, "headdim": 16, "chunk_size": 32}
@@ -179,13 +172,13 @@ def test_kill_9_during_checkpoints_keeps_the_last_good_one(stores, tmp_path):
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        recover_checkpoint(out)
+        ModelDir(out).recover()
         model = load_model(out)                        # whole: loads with matching weights
         state = torch.load(out / "train_state.pt", weights_only=True)
         info = read_model_info(out)
         assert info["training"]["steps"] == state["step"] >= 1
         assert model.config.d_model == TINY["d_model"]
-    assert not list(tmp_path.glob(".killed.ckpt-*"))
+    assert not list(tmp_path.glob(".killed.genossm-*"))
     without_config = [a for a in cmd if a not in ("--config", str(cfg_file))]
     done = subprocess.run(without_config + ["--resume"], env=env,  # the run's own config
                           capture_output=True, text=True)
@@ -197,20 +190,27 @@ def test_kill_9_during_checkpoints_keeps_the_last_good_one(stores, tmp_path):
 
 def test_metrics_cut_short_by_a_kill_are_read_without_the_partial_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"split": "train", "step": 1}\n{"split": "tr')
-    assert read_metrics(tmp_path) == [{"split": "train", "step": 1}]
+    assert ModelDir(tmp_path).read_metrics() == [{"split": "train", "step": 1}]
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
     with pytest.raises(InputError, match="line 2"):
-        read_metrics(tmp_path)
+        ModelDir(tmp_path).read_metrics()
 
 
 def test_recover_between_the_two_renames(tmp_path):
-    out, old = tmp_path / "m", tmp_path / ".m.ckpt-old"
-    old.mkdir()
-    (old / "config.json").write_text("{}")
-    (tmp_path / ".m.ckpt-new").mkdir()
-    recover_checkpoint(out)
+    """A process killed between the swap's two renames left the old checkpoint moved aside and
+    the new one beside it (here: a process that made them and exited): recovery puts the old
+    one back and removes the new one."""
+    out = tmp_path / "m"
+    killed = ("import sys; from pathlib import Path; from genossm.fileio import temporary_sibling\n"
+              "out = Path(sys.argv[1])\n"
+              "old = temporary_sibling(out, 'old'); old.mkdir()\n"
+              "(old / 'config.json').write_text('{}')\n"
+              "temporary_sibling(out, 'new').mkdir()\n")
+    subprocess.run([sys.executable, "-c", killed, str(out)], check=True)
+    old, new = sorted(tmp_path.glob(".m.genossm-*"), key=lambda p: "-new" in p.name)
+    ModelDir(out).recover()
     assert (out / "config.json").exists() and not old.exists()
-    assert not (tmp_path / ".m.ckpt-new").exists()
+    assert not new.exists()
 
 
 def test_torchrun_two_gloo_processes_equal_one_process(stores, tmp_path):

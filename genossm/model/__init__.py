@@ -1,10 +1,13 @@
-"""The genome language model: config, Mamba-2-style blocks, LM, streaming state, model dir I/O."""
+"""The genome language model: config, Mamba-2-style blocks, LM, streaming state, and the model
+directory (``ModelDir``)."""
 
 from genossm.model.config import ModelConfig
+from genossm.model.directory import Checkpoint, ModelDir, TrainingInfo, last_record
 from genossm.model.io import load_model, read_model_info, save_model
 from genossm.model.lm import (
     GenoSSM,
     ModelState,
+    StreamPiece,
     reverse_complement_logits,
     reverse_complement_tokens,
 )
@@ -12,11 +15,16 @@ from genossm.model.mamba2 import Block, Mamba2Mixer, RMSNorm
 
 __all__ = [
     "Block",
+    "Checkpoint",
     "GenoSSM",
     "Mamba2Mixer",
     "ModelConfig",
+    "ModelDir",
     "ModelState",
     "RMSNorm",
+    "StreamPiece",
+    "TrainingInfo",
+    "last_record",
     "load_model",
     "read_model_info",
     "reverse_complement_logits",

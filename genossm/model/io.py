@@ -1,10 +1,11 @@
-"""Model directory I/O (DESIGN.md, "Model directory"): ``config.json`` + ``model.safetensors``.
+"""Model directory I/O (docs/design.md, "Model directory"): ``config.json`` + ``model.safetensors``.
 
 config.json = {"format": 1, "genossm_version": ..., "alphabet": "ACGTN", "vocab": [...],
 "model": ModelConfig.to_dict(), **extra}. Weights are safetensors (no pickle); the tied head is
 stored once (as ``embedding.weight``). Every file is written to a temporary name in the same
 directory, flushed, and renamed with os.replace, so a crash never leaves a half-written file;
-the weights are written before config.json.
+the weights are written before config.json. The rest of a model directory (training section,
+train state, metrics, checkpoints) is ``ModelDir``'s (genossm.model.directory).
 """
 
 from __future__ import annotations

@@ -13,15 +13,22 @@ so that logits(rc(x)) == rc(logits(x)), where rc of logits flips the length axis
 the vocabulary by alphabet.COMPLEMENT. (Equivalent to Caduceus-PS with strand channels kept
 apart until the head.) The reverse strand reads right to left, so such a model is not causal.
 
-Streaming (causal models only): ``state = model.initial_state(batch)`` then
-``logits, state = model(piece, state=state)`` piece after piece gives the logits of one full
-pass; the state is fixed-size (conv inputs + float32 SSM state per layer) and ``clone()``-able.
+Two calls, each with one return type: ``model(tokens)`` -> logits and
+``model.hidden_states(tokens, layer)`` -> hidden states read the whole sequence at once;
+``model.step(tokens, state)`` -> ``StreamPiece`` continues a stream (causal models only).
+``model.stream(pieces)`` is the one streaming path (docs/design.md, "Streaming"): piece after
+piece it yields the hidden states, logits and each token's log-probability given everything
+before it, across piece boundaries, equal to one full pass. The state is fixed-size (conv
+inputs + float32 SSM state per layer, and the log-probabilities of the next token),
+``clone()``-able and ``index_select``-able, to branch one stream into several.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -35,36 +42,47 @@ from genossm.model.mamba2 import Block, RMSNorm
 class ModelState:
     """Streaming state of a causal GenoSSM: per layer the last d_conv-1 xBC inputs
     (b, d_conv-1, conv_dim) and the SSM state (b, heads, headdim, d_state), both float32;
-    ``offset`` counts the tokens consumed so far."""
+    ``next_logp`` (b, vocab), the natural-log probabilities of the token after those consumed
+    (None before the first); ``offset`` counts the tokens consumed so far."""
 
     conv: list[torch.Tensor] = field(default_factory=list)
     ssm: list[torch.Tensor] = field(default_factory=list)
     offset: int = 0
+    next_logp: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
         return self.ssm[0].shape[0]
 
+    def _map(self, fn) -> ModelState:
+        return ModelState([fn(c) for c in self.conv], [fn(s) for s in self.ssm], self.offset,
+                          None if self.next_logp is None else fn(self.next_logp))
+
     def clone(self) -> ModelState:
         """Independent copy (branch a stream, e.g. into ref and alt alleles)."""
-        return ModelState([c.clone() for c in self.conv], [s.clone() for s in self.ssm],
-                          self.offset)
+        return self._map(torch.clone)
 
     def detach(self) -> ModelState:
         """Same values, cut from the autograd graph (truncated backprop through time)."""
-        return ModelState([c.detach() for c in self.conv], [s.detach() for s in self.ssm],
-                          self.offset)
+        return self._map(torch.Tensor.detach)
 
     def to(self, device) -> ModelState:
-        return ModelState([c.to(device) for c in self.conv], [s.to(device) for s in self.ssm],
-                          self.offset)
+        return self._map(lambda t: t.to(device))
 
     def index_select(self, index) -> ModelState:
         """Pick (or repeat) batch rows: ``state.index_select([0, 0, 0])`` makes three copies of
         row 0, to score several alleles from one shared prefix."""
         idx = torch.as_tensor(index, dtype=torch.long, device=self.ssm[0].device)
-        return ModelState([c.index_select(0, idx) for c in self.conv],
-                          [s.index_select(0, idx) for s in self.ssm], self.offset)
+        return self._map(lambda t: t.index_select(0, idx))
+
+
+class StreamPiece(NamedTuple):
+    """What one piece of a stream gives (``GenoSSM.step`` and ``GenoSSM.stream``)."""
+    hidden: torch.Tensor      # (b, l, width) residual stream after the chosen layer
+    logits: torch.Tensor      # (b, l, vocab): logits[:, t] predict token t+1
+    token_logp: torch.Tensor  # (b, l) float32 ln p(token t | all tokens before it); NaN for
+    #                           the first token of a stream, which nothing predicts
+    state: ModelState         # after this piece: continue the stream from here
 
 
 def reverse_complement_tokens(tokens: torch.Tensor) -> torch.Tensor:
@@ -104,13 +122,9 @@ class GenoSSM(nn.Module):
                 block.mixer.out_proj.weight /= math.sqrt(cfg.n_layer)
 
     # --- public API -----------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, state: ModelState | None = None, *,
-                backend: str | None = None):
-        """tokens (b, l) int -> logits (b, l, vocab), or (logits, new_state) when ``state`` is
-        given (streaming; causal models only). ``backend`` overrides config.scan_backend."""
-        if state is not None:
-            h, state = self._trunk(tokens, self.config.n_layer, state, backend)
-            return self.head(h), state
+    def forward(self, tokens: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+        """tokens (b, l) int -> logits (b, l, vocab) of one whole pass. ``backend`` overrides
+        config.scan_backend."""
         return self.head(self.hidden_states(tokens, backend=backend))
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
@@ -122,19 +136,46 @@ class GenoSSM(nn.Module):
             return self.lm_head(fwd) + self.lm_head(rev)[..., self.complement]
         return self.lm_head(h)
 
-    def hidden_states(self, tokens: torch.Tensor, layer: int = -1,
-                      state: ModelState | None = None, *, backend: str | None = None):
+    def hidden_states(self, tokens: torch.Tensor, layer: int = -1, *,
+                      backend: str | None = None) -> torch.Tensor:
         """Residual stream after ``layer`` blocks: 0 is the embedding output, n_layer (or -1)
         the final, normalised output the head reads; negative indices count from the end.
         Shape (b, l, d_model), or (b, l, 2·d_model) for rc_equivariant models ([forward strand,
-        reverse strand aligned to forward coordinates]). With ``state`` returns (h, new_state);
-        all layers are then run so that the state stays complete."""
+        reverse strand aligned to forward coordinates])."""
         index = self.layer_index(layer)
-        if state is not None:
-            return self._trunk(tokens, index, state, backend)
         if self.config.rc_equivariant:
             return torch.cat(self._both_strands(tokens, index, backend), dim=-1)
         return self._trunk(tokens, index, None, backend)[0]
+
+    def step(self, tokens: torch.Tensor, state: ModelState, *, layer: int = -1,
+             backend: str | None = None) -> StreamPiece:
+        """Continue a stream from ``state`` with the next piece ``tokens`` (b, l): the piece's
+        hidden states after ``layer`` blocks, its logits, each token's log-probability and the
+        state after it. Causal models only; ``state`` is not modified."""
+        index = self.layer_index(layer)
+        outputs = []
+        h, new_state = self._trunk(tokens, self.config.n_layer, state, backend, outputs,
+                                   keep=index)
+        logits = self.head(h)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        if state.next_logp is None:
+            first = torch.full_like(logp[:, :1, 0], math.nan)
+        else:
+            first = state.next_logp.gather(-1, tokens[:, :1].long())
+        rest = logp[:, :-1].gather(-1, tokens[:, 1:, None].long())[..., 0]
+        new_state.next_logp = logp[:, -1]
+        return StreamPiece(outputs[0], logits, torch.cat([first, rest], dim=1), new_state)
+
+    def stream(self, pieces: Iterable[torch.Tensor], state: ModelState | None = None, *,
+               layer: int = -1, backend: str | None = None) -> Iterator[StreamPiece]:
+        """``step`` over consecutive pieces (each (b, l_i)), from ``state`` or the start of a
+        sequence: the pieces read together give the numbers of one full pass."""
+        for tokens in pieces:
+            if state is None:
+                state = self.initial_state(tokens.shape[0], tokens.device)
+            piece = self.step(tokens, state, layer=layer, backend=backend)
+            state = piece.state
+            yield piece
 
     def initial_state(self, batch_size: int, device=None) -> ModelState:
         """Start-of-sequence streaming state (zeros)."""
@@ -189,9 +230,10 @@ class GenoSSM(nn.Module):
             return 0
         return cfg.checkpoint_segment_length or max(length, 1)
 
-    def _trunk(self, tokens, index, state, backend):
+    def _trunk(self, tokens, index, state, backend, outputs=None, keep=None):
         """Embedding + blocks over one strand; returns (h after ``index`` blocks, final norm
-        applied when index == n_layer; new state or None)."""
+        applied when index == n_layer; new state or None). With ``outputs``, the residual
+        stream after ``keep`` blocks is appended to it too (the same pass)."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (batch, length), got {tuple(tokens.shape)}")
         if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
@@ -205,7 +247,17 @@ class GenoSSM(nn.Module):
                 raise ValueError(f"state is for {len(state.ssm)} layers x batch "
                                  f"{state.batch_size}, tokens are batch {tokens.shape[0]}")
         h = self.embedding(tokens.long())
-        out = h if index == 0 else None
+        kept = {}
+
+        def mark(i, value):
+            if i == n:
+                value = self.norm_f(value)
+            if i == index:
+                kept["out"] = value
+            if outputs is not None and i == keep:
+                outputs.append(value)
+
+        mark(0, h)
         new_state = None
         if state is not None:
             new_state = ModelState(offset=state.offset + tokens.shape[1])
@@ -220,8 +272,5 @@ class GenoSSM(nn.Module):
                                        backend=backend, checkpoint_length=ckpt)
                 new_state.conv.append(conv)
                 new_state.ssm.append(ssm)
-            if i + 1 == index:
-                out = h
-        if index == n:
-            out = self.norm_f(out)
-        return out, new_state
+            mark(i + 1, h)
+        return kept["out"], new_state

@@ -1,4 +1,4 @@
-"""The one scan entry point (DESIGN.md, "Model").
+"""The one scan entry point (docs/design.md, "The scan").
 
 Preprocesses dt (bias, softplus, clamp) with ordinary torch ops, so that its gradients flow
 through autograd, then hands the scan proper to a backend:

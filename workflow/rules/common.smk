@@ -2,11 +2,65 @@
 # that wire the rules together. Every sheet error names the file, the line and the row.
 
 import csv
+import shlex
 
 from snakemake.utils import validate
 
 
 validate(config, "../schemas/config.schema.yaml")
+
+
+# --- config sections -> command-line flags ----------------------------------------------------
+# Each step's section of config.yaml holds options of its `genossm` command (their defaults live
+# in the command: `genossm <step> --help`) and these settings of the rule itself. Every rule that
+# runs a model, and tokenize, passes `--threads {threads}`.
+RULE_SETTINGS = ("threads", "mem_mb", "runtime", "gpus")
+STEPS = ("tokenize", "train", "evaluate", "score", "embed")
+
+
+def _flag(key):
+    return f"--{key.replace('_', '-')}"
+
+
+def command_flags(step, **per_row):
+    """The flags of config[step] (plus the values of a sheet row, which win) for `genossm
+    step`: `some_key: value` -> `--some-key value`; true -> `--some-key`; false, null or empty
+    -> nothing, so the command's own default applies."""
+    values = {k: v for k, v in config[step].items() if k not in RULE_SETTINGS}
+    values.update(per_row)
+    flags = []
+    for key, value in values.items():
+        if value is None or value is False or value == "":
+            continue
+        flags.append(_flag(key) if value is True else f"{_flag(key)} {shlex.quote(str(value))}")
+    return " ".join(flags)
+
+
+def _check_step_options():
+    """Every option key of a step's section is a flag of its command (a typo fails here, not
+    when the job runs). Skipped where the genossm package is not importable by Snakemake
+    (it then runs in the rules' conda environment only)."""
+    try:
+        from genossm.cli import command_options
+    except ImportError:
+        return
+    for step in STEPS:
+        options = command_options(step)
+        for key, value in config[step].items():
+            if key in RULE_SETTINGS:
+                continue
+            action = options.get(_flag(key))
+            if action is None:
+                raise ValueError(f"config: {step}: {key}: `genossm {step}` has no option "
+                                 f"{_flag(key)} (see `genossm {step} --help`; the settings of the "
+                                 f"job itself are {', '.join(RULE_SETTINGS)})")
+            if (action.nargs == 0) != isinstance(value, bool) and value is not None:
+                want = "true or false" if action.nargs == 0 else "a value, not true/false"
+                raise ValueError(f"config: {step}: {key}: {_flag(key)} takes {want}, got "
+                                 f"{value!r}")
+
+
+_check_step_options()
 
 
 def load_sheet(path, schema, what):
@@ -94,19 +148,9 @@ def sample_reference(wildcards):
     return [ref] if ref else []
 
 
-def tokenize_options(wildcards):
-    row, opts = SAMPLES[wildcards.name], config["tokenize"]
-    args = [
-        f"--chunk-size {opts['chunk_size']}",
-        f"--exclude-flags {opts['exclude_flags']}",
-        f"--min-mapq {opts['min_mapq']}",
-        f"--min-length {opts['min_length']}",
-    ]
-    if row.get("reference"):
-        args.append(f"--reference {row['reference']}")
-    if row.get("region"):
-        args.append(f"--region {row['region']}")
-    return " ".join(args)
+def tokenize_flags(wildcards):
+    row = SAMPLES[wildcards.name]
+    return command_flags("tokenize", reference=row.get("reference"), region=row.get("region"))
 
 
 # --- train and evaluate ----------------------------------------------------------------------
@@ -126,16 +170,6 @@ def train_launcher(wildcards, resources):
     return "genossm"
 
 
-def train_options(wildcards):
-    opts = config["train"]
-    args = [f"--device {opts['device']}"]
-    if opts.get("max_time"):
-        args.append(f"--max-time {opts['max_time']}")
-    if opts.get("max_steps"):
-        args.append(f"--max-steps {opts['max_steps']}")
-    return " ".join(args)
-
-
 def evaluation_store(wildcards):
     row = GENOMES[wildcards.genome]
     name = row.get("evaluate") or row["train"].split(";")[0]
@@ -147,12 +181,8 @@ def evaluation_regions(wildcards):
     return [bed] if bed else []
 
 
-def evaluate_options(wildcards, input):
-    opts = config["evaluate"]
-    args = [f"--device {opts['device']}", f"--markov-max-order {opts['markov_max_order']}"]
-    if input.regions:
-        args.append(f"--regions {input.regions}")
-    return " ".join(args)
+def evaluate_flags(wildcards):
+    return command_flags("evaluate", regions=GENOMES[wildcards.genome].get("evaluate_regions"))
 
 
 # --- score and embed -------------------------------------------------------------------------
@@ -178,22 +208,5 @@ def region_set_bed(wildcards):
     return row["bed"]
 
 
-def score_options(wildcards):
-    opts = config["score"]
-    args = [f"--device {opts['device']}", f"--window {opts['window']}",
-            f"--batch-size {opts['batch_size']}"]
-    rename = CALLSETS[wildcards.callset].get("rename_chroms")
-    if rename:
-        args.append(f"--rename-chroms {rename}")
-    return " ".join(args)
-
-
-def embed_options(wildcards):
-    opts = config["embed"]
-    args = [f"--device {opts['device']}", f"--layer {opts['layer']}",
-            f"--chunk-length {opts['chunk_length']}"]
-    if opts.get("per_base"):
-        args.append("--per-base")
-    if opts.get("rc_average"):
-        args.append("--rc-average")
-    return " ".join(args)
+def score_flags(wildcards):
+    return command_flags("score", rename_chroms=CALLSETS[wildcards.callset].get("rename_chroms"))

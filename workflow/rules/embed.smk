@@ -12,7 +12,7 @@ rule embed:
     benchmark:
         "results/benchmarks/embed/{genome}/{model}/{regions}.tsv"
     params:
-        options=embed_options,
+        options=command_flags("embed"),
     threads: config["embed"]["threads"]
     resources:
         mem_mb=config["embed"]["mem_mb"],

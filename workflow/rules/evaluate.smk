@@ -29,7 +29,7 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate/{genome}/{model}.tsv"
     params:
-        options=evaluate_options,
+        options=evaluate_flags,
     threads: config["evaluate"]["threads"]
     resources:
         mem_mb=config["evaluate"]["mem_mb"],
@@ -38,5 +38,5 @@ rule evaluate:
     conda:
         "../../envs/genossm.yaml"
     shell:
-        "genossm evaluate {input.model} {input.store} "
-        "-o {output.metrics} --quiet {params.options} > {log} 2>&1"
+        "genossm evaluate {input.model} {input.store} -o {output.metrics} --threads {threads} "
+        "--quiet {params.options} > {log} 2>&1"

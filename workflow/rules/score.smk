@@ -20,7 +20,7 @@ rule score:
     benchmark:
         "results/benchmarks/score/{genome}/{model}/{callset}.tsv"
     params:
-        options=score_options,
+        options=score_flags,
     threads: config["score"]["threads"]
     resources:
         mem_mb=config["score"]["mem_mb"],

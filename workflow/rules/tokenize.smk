@@ -10,7 +10,7 @@ rule tokenize:
     benchmark:
         "results/benchmarks/tokenize/{name}.tsv"
     params:
-        options=tokenize_options,
+        options=tokenize_flags,
     threads: config["tokenize"]["threads"]
     resources:
         mem_mb=config["tokenize"]["mem_mb"],

@@ -12,7 +12,7 @@ rule train:
         "results/benchmarks/train/{genome}/{model}.tsv"
     params:
         launcher=train_launcher,
-        options=train_options,
+        options=command_flags("train"),
     threads: config["train"]["threads"]
     resources:
         mem_mb=config["train"]["mem_mb"],

@@ -13,6 +13,10 @@ per-position gradients; d(log-decay) ``ds_t`` is turned into ``da`` by a reverse
 Buffers shared between kernels use a padded "s layout": (batch*heads, n_chunks*Q) float32.
 All accumulation is float32; ``DOT`` ("fp32", "bf16", "fp16") names the operand dtype of the
 tensor-core products (the input dtype for bf16/fp16, float32 with ``PREC`` precision otherwise).
+
+The forward and backward kernels stay together in this one file (about 410 lines; the longest
+kernel, chunk_scan_bwd_dx, is 81): the backward kernels read the forward's buffers in the same
+layouts, and their common prologue (program ids, offsets, masks) is best compared side by side.
 """
 
 from __future__ import annotations

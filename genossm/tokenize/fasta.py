@@ -1,8 +1,8 @@
-"""Stage 1: FASTA / SAM / BAM / CRAM -> token store.
+"""FASTA into a token store, and the sniffing of every input's format.
 
 FASTA is parsed here, block by block (plain, gzip or BGZF; any line width; ``\\r\\n``), with a
 background thread decompressing the next block while this one is encoded, so memory stays at one
-contig's worth of compressed output plus a few blocks. Alignment files are read with pysam.
+contig's worth of compressed output plus a few blocks.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import logging
 import queue
 import threading
 import zlib
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from genossm import alphabet
 from genossm.errors import InputError
-from genossm.store import DEFAULT_CHUNK_SIZE, StoreWriter
+from genossm.store import StoreWriter
 
 log = logging.getLogger("genossm.tokenize")
 
@@ -348,226 +347,3 @@ def tokenize_fasta(path: Path, store: StoreWriter, *, progress: bool = True) -> 
     finally:
         bar.close()
     return tok.finish()
-
-
-# --------------------------------------------------------------------------- reads
-
-FLAG_NAMES = {"PAIRED": 0x1, "PROPER_PAIR": 0x2, "UNMAP": 0x4, "MUNMAP": 0x8, "REVERSE": 0x10,
-              "MREVERSE": 0x20, "READ1": 0x40, "READ2": 0x80, "SECONDARY": 0x100,
-              "QCFAIL": 0x200, "DUP": 0x400, "SUPPLEMENTARY": 0x800}
-DEFAULT_EXCLUDE_FLAGS = 0x100 | 0x200 | 0x400 | 0x800   # SECONDARY, QCFAIL, DUP, SUPPLEMENTARY
-
-
-def parse_flags(text: str) -> int:
-    """samtools-style flags: an integer (decimal or 0x hex) or comma-separated names."""
-    text = text.strip()
-    try:
-        return int(text, 0)
-    except ValueError:
-        pass
-    value = 0
-    for name in filter(None, (w.strip().upper() for w in text.split(","))):
-        if name not in FLAG_NAMES:
-            raise ValueError(f"unknown flag name {name!r}; known: {', '.join(FLAG_NAMES)}")
-        value |= FLAG_NAMES[name]
-    return value
-
-
-@dataclass
-class ReadFilter:
-    exclude_flags: int = DEFAULT_EXCLUDE_FLAGS
-    min_mapq: int = 0
-    min_length: int = 1
-    region: str | None = None
-
-
-@dataclass
-class ReadsSummary:
-    path: str
-    format: str
-    reads: int = 0
-    bases: int = 0
-    first_read: int = 0
-    filters: dict = field(default_factory=dict)
-    dropped: dict = field(default_factory=dict)
-
-
-def tokenize_reads(path: Path, fmt: str, store: StoreWriter, filt: ReadFilter, *,
-                   reference: Path | None = None, threads: int = 1,
-                   progress: bool = True) -> ReadsSummary:
-    """Stream the reads of a SAM/BAM/CRAM file that pass ``filt`` into the store."""
-    import pysam
-
-    if fmt == "cram" and reference is None:
-        raise InputError(path, "CRAM input needs --reference FASTA")
-    mode = {"sam": "r", "bam": "rb", "cram": "rc"}[fmt]
-    kwargs = {"reference_filename": str(reference)} if fmt == "cram" else {}
-    try:
-        aln = pysam.AlignmentFile(str(path), mode, threads=max(1, threads),
-                                  check_sq=False, **kwargs)
-    except (OSError, ValueError) as e:
-        raise InputError(path, f"cannot open as {fmt.upper()} ({e})") from None
-    writer = store.reads
-    summary = ReadsSummary(path=str(path), format=fmt, first_read=writer.count,
-                           filters=asdict(filt))
-    dropped: Counter = Counter()
-    with aln:
-        if filt.region:
-            if not aln.has_index():
-                raise InputError(path, f"--region {filt.region} needs an index "
-                                       "(.bai/.csi/.crai); create one with samtools index")
-            try:
-                it = aln.fetch(region=filt.region)
-            except ValueError as e:
-                raise InputError(path, f"bad region {filt.region!r} ({e})") from None
-        else:
-            it = aln.fetch(until_eof=True)
-        batch = _ReadBatcher(path, writer, summary, progress)
-        number = 0
-        try:
-            for read in it:
-                number += 1
-                if read.flag & filt.exclude_flags:
-                    dropped["flag"] += 1
-                    continue
-                if read.mapping_quality < filt.min_mapq:
-                    dropped["mapq"] += 1
-                    continue
-                seq = read.query_sequence
-                if not seq:
-                    dropped["no_sequence"] += 1
-                    continue
-                if len(seq) < filt.min_length:
-                    dropped["length"] += 1
-                    continue
-                mapped = not read.is_unmapped
-                batch.add(number, read.query_name, seq, flag=read.flag,
-                          mapq=read.mapping_quality,
-                          reference_id=writer.reference_id(
-                              read.reference_name if read.reference_id >= 0 else None),
-                          position=read.reference_start if mapped else -1)
-        except OSError as e:
-            raise InputError(path, f"truncated or corrupt {fmt.upper()} ({e})",
-                             place=f"after record {number}") from None
-        else:
-            batch.flush()
-        finally:
-            batch.close()
-    summary.reads = writer.count - summary.first_read
-    summary.dropped = dict(dropped)
-    return summary
-
-
-def tokenize_fastq(path: Path, store: StoreWriter, filt: ReadFilter, *,
-                   progress: bool = True) -> ReadsSummary:
-    """Stream the reads of a FASTQ file (plain or gzip) into the store's reads group, as
-    unaligned reads (flag UNMAP, MAPQ 255 = unavailable); only ``min_length`` applies."""
-    import pysam
-
-    writer = store.reads
-    summary = ReadsSummary(path=str(path), format="fastq", first_read=writer.count,
-                           filters={"min_length": filt.min_length})
-    dropped: Counter = Counter()
-    batch = _ReadBatcher(path, writer, summary, progress)
-    number = 0
-    with pysam.FastxFile(str(path)) as fx:
-        try:
-            for number, rec in enumerate(fx, start=1):
-                seq = rec.sequence or ""
-                if len(seq) < filt.min_length:
-                    dropped["length"] += 1
-                    continue
-                batch.add(number, rec.name, seq, flag=0x4, mapq=255, reference_id=-1,
-                          position=-1)
-        except (OSError, ValueError) as e:
-            raise InputError(path, f"malformed or truncated FASTQ ({e})",
-                             place=f"record {number + 1}") from None
-        else:
-            batch.flush()
-        finally:
-            batch.close()
-    summary.reads = writer.count - summary.first_read
-    summary.dropped = dict(dropped)
-    return summary
-
-
-class _ReadBatcher:
-    """Encodes reads and hands them to the store's reads writer in batches."""
-
-    SIZE = 16384
-
-    def __init__(self, path: Path, writer, summary: ReadsSummary, progress: bool):
-        self.path, self.writer, self.summary = path, writer, summary
-        self.bar = tqdm(unit=" reads", desc=path.name, leave=False,
-                        disable=None if progress else True)
-        self._reset()
-
-    def _reset(self):
-        self.codes, self.names = [], []
-        self.fields = {"flag": [], "mapq": [], "reference_id": [], "position": []}
-
-    def add(self, number: int, name: str, seq: str, **fields) -> None:
-        try:
-            codes = alphabet.encode(seq)
-        except ValueError as e:
-            raise InputError(self.path, str(e),
-                             place=f"read {name!r} (record {number})") from None
-        self.codes.append(codes)
-        self.names.append(name.encode())
-        for key, value in fields.items():
-            self.fields[key].append(value)
-        self.summary.bases += codes.size
-        if len(self.codes) == self.SIZE:
-            self.flush()
-
-    def flush(self) -> None:
-        self.writer.append_batch(self.codes, self.names, self.fields)
-        self.bar.update(len(self.codes))
-        self._reset()
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-# --------------------------------------------------------------------------- the stage
-
-
-def tokenize(inputs: list[Path], output: Path, *, force: bool = False,
-             chunk_size: int = DEFAULT_CHUNK_SIZE, threads: int = 1,
-             read_filter: ReadFilter | None = None, reference: Path | None = None,
-             progress: bool = True) -> dict:
-    """Tokenize every input into one new store at ``output``; returns a summary dict."""
-    import zarr
-
-    read_filter = read_filter or ReadFilter()
-    inputs = [Path(p) for p in inputs]
-    for p in inputs:
-        if not p.is_file():
-            raise InputError(p, "no such file")
-    formats = [sniff_format(p) for p in inputs]
-    if read_filter.region and not any(f in ("sam", "bam", "cram") for f in formats):
-        raise InputError(None, "--region applies to SAM/BAM/CRAM inputs, and none was given")
-    sources = []
-    with zarr.config.set({"threading.max_workers": max(1, threads),
-                          "async.concurrency": max(1, 2 * threads)}), \
-            StoreWriter(output, force=force, chunk_size=chunk_size, threads=threads) as store:
-        for path, fmt in zip(inputs, formats, strict=True):
-            if fmt == "fasta":
-                summary = tokenize_fasta(path, store, progress=progress)
-            elif fmt == "fastq":
-                summary = tokenize_fastq(path, store, read_filter, progress=progress)
-            else:
-                summary = tokenize_reads(path, fmt, store, read_filter, reference=reference,
-                                         threads=threads, progress=progress)
-            sources.append(asdict(summary))
-        store.commit(sources)
-    fasta = [s for s in sources if s["format"] == "fasta"]
-    reads = [s for s in sources if s["format"] != "fasta"]
-    return {"output": str(output), "sources": sources,
-            "contigs": sum(s["contigs"] for s in fasta),
-            "bases": sum(s["bases"] for s in fasta),
-            "n_count": sum(s["n_count"] for s in fasta),
-            "iupac_count": sum(s["iupac_count"] for s in fasta),
-            "empty_records": sum(len(s["empty_records"]) for s in fasta),
-            "reads": sum(s["reads"] for s in reads),
-            "read_bases": sum(s["bases"] for s in reads)}

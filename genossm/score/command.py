@@ -1,0 +1,155 @@
+"""``genossm score``, the command: options checked, inputs opened, records annotated, scored a
+batch at a time and written in order, then the VCF indexed and, if asked, the scores plotted.
+
+Outputs are staged (fileio.StagedOutputs) and renamed into place only when all are complete:
+the table, the plot, the tabix index, and last the VCF, whose presence marks a finished run.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pysam
+from tqdm import tqdm
+
+from genossm.errors import InputError
+from genossm.fileio import StagedOutputs
+from genossm.plots import plot_score_distributions
+from genossm.reference import Reference
+from genossm.runtime import open_model
+from genossm.score.haplotypes import Annotator
+from genossm.score.output import (
+    TABLE_COLUMNS,
+    annotated_line,
+    default_table_path,
+    score_header_lines,
+    table_rows,
+)
+from genossm.score.scorer import Scorer, batches
+from genossm.score.variants import (
+    READ_BY_MODEL,
+    ContigResolver,
+    Record,
+    VariantSource,
+    quiet_htslib,
+    read_chrom_map,
+)
+
+DEFAULT_WINDOW = 4096
+DEFAULT_BATCH_SIZE = 32
+RENAMES = ("add-chr", "strip-chr")
+
+
+def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAULT_WINDOW,
+              batch_size: int = DEFAULT_BATCH_SIZE, device="auto",
+              rename_chroms: str | None = None, chrom_map=None, prefix_reuse: bool = True,
+              progress: bool = True, piece_length: int | None = None, plot=None) -> dict:
+    """Score every record of ``vcf`` (genossm.score) and write ``output`` (bgzipped VCF +
+    .tbi) and ``table`` (TSV; default beside the output), and with ``plot`` a PNG of the score
+    distributions. Returns the summary that format_summary prints."""
+    output, model_dir = Path(output), Path(model_dir)
+    table = Path(table) if table is not None else default_table_path(output)
+    _check_options(output, window, batch_size, rename_chroms, chrom_map)
+    source = VariantSource(vcf)
+    with Reference(fasta) as reference:
+        resolver = ContigResolver(reference.lengths, rename_chroms,
+                                  read_chrom_map(chrom_map) if chrom_map else None)
+        n_records = source.check()
+        model = open_model(model_dir, device)
+        scorer = Scorer(model, batch_size=batch_size, prefix_reuse=prefix_reuse,
+                        piece_length=piece_length)
+        renaming = rename_chroms or (f"mapped by {chrom_map}" if chrom_map else "as in the VCF")
+        header = [*source.header_lines[:-1],
+                  *score_header_lines(model_dir, model.config, window=window,
+                                      prefix_reuse=prefix_reuse, rc_average=scorer.rc_average,
+                                      renaming=renaming),
+                  source.header_lines[-1]]
+        annotate = Annotator(reference, resolver, window=window, causal_lm=scorer.causal_lm)
+        with StagedOutputs() as staged:
+            staged_table = _stage(staged, table)
+            staged_plot = None if plot is None else _stage(staged, plot)
+            staged_index = _stage(staged, f"{output}.tbi")
+            staged_vcf = _stage(staged, output)   # last: renamed into place last
+            with tqdm(total=n_records, unit=" records", desc="score",
+                      disable=not progress) as bar:
+                tally = _write(map(annotate, source), scorer, header, staged_vcf, staged_table,
+                               bar)
+            with quiet_htslib():   # not a word about POS 0 (telomere) records
+                pysam.tabix_index(str(staged_vcf), preset="vcf", force=True,
+                                  index=str(staged_index))
+            if staged_plot is not None:
+                plot_score_distributions(tally.llr, tally.cosine, tally.is_snv,
+                                         f"{Path(vcf).name} scored by {model_dir.name} "
+                                         f"(window {window:,})", staged_plot)
+
+    hints = list(resolver.suggestions.values())
+    if resolver.missing:
+        hints.append(f"contigs not in {fasta}: {', '.join(resolver.missing)}")
+    return {"records": n_records, "alt_alleles": tally.alt_alleles,
+            "statuses": dict(tally.statuses), "output": str(output), "table": str(table),
+            "hints": hints}
+
+
+def _check_options(output: Path, window: int, batch_size: int, rename_chroms, chrom_map):
+    if not output.name.endswith((".gz", ".bgz")):
+        raise InputError(output, "the output is bgzipped and tabix-indexed: name it .vcf.gz")
+    if window < 2:
+        raise InputError(None, f"--window must be at least 2, got {window}")
+    if batch_size < 1:
+        raise InputError(None, f"--batch-size must be at least 1, got {batch_size}")
+    if rename_chroms is not None and rename_chroms not in RENAMES:
+        raise InputError(None, f"--rename-chroms must be one of {', '.join(RENAMES)}")
+    if rename_chroms and chrom_map:
+        raise InputError(None, "give --rename-chroms or --chrom-map, not both")
+
+
+@dataclass
+class _Tally:
+    """What the summary and the plot need of the records written."""
+    statuses: Counter = field(default_factory=Counter)   # per ALT ("no_alt" per record without)
+    alt_alleles: int = 0
+    llr: list[float | None] = field(default_factory=list)   # per ALT the model read
+    cosine: list[float] = field(default_factory=list)
+    is_snv: list[bool] = field(default_factory=list)
+
+    def add(self, record: Record) -> None:
+        self.statuses.update(record.status if record.alts else ["no_alt"])
+        self.alt_alleles += len(record.alts)
+        for i, alt in enumerate(record.alts):
+            if record.status[i] in READ_BY_MODEL:
+                self.llr.append(record.llr[i])
+                self.cosine.append(record.cos[i])
+                self.is_snv.append(len(alt) == len(record.ref) == 1)
+
+
+def _write(records: Iterable[Record], scorer: Scorer, header: list[bytes], vcf_path: Path,
+           table_path: Path, bar: tqdm) -> _Tally:
+    """Score the records a batch at a time and write the header and every record, in order, to
+    the VCF (bgzipped) and the table."""
+    tally = _Tally()
+    with pysam.BGZFile(str(vcf_path), "wb") as out, \
+            open(table_path, "w", encoding="utf-8") as tsv:
+        out.write(b"\n".join(header) + b"\n")
+        tsv.write("\t".join(TABLE_COLUMNS) + "\n")
+        for batch in batches(records, scorer.batch_size):
+            scorer.score(batch)
+            for record in batch:
+                out.write(annotated_line(record) + b"\n")
+                tsv.writelines(row + "\n" for row in table_rows(record))
+                tally.add(record)
+            bar.update(len(batch))
+    return tally
+
+
+def _stage(staged: StagedOutputs, output) -> Path:
+    """The temporary path of ``output``, created empty: an output that cannot be written is
+    an InputError before any work (and pysam's BGZFile crashes on a path it cannot create)."""
+    try:
+        tmp = staged.path(output)
+        open(tmp, "wb").close()
+    except OSError as e:
+        raise InputError(output, f"cannot write ({e.strerror or e})") from None
+    return tmp

@@ -1,0 +1,105 @@
+"""What ``genossm score`` writes: each record's line with the GENOSSM INFO entries added, the
+header lines that describe them, the table rows, and the one-line summary.
+
+Every input record is written out, in order, with its text untouched apart from the added INFO
+entries; ALTs that cannot be scored get '.' and a ``GENOSSM_STATUS`` saying why (STATUSES).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from genossm import __version__
+from genossm.score.variants import SCORED, STATUSES, Record
+
+TABLE_COLUMNS = ("chrom", "pos", "id", "ref", "alt", "record", "alt_index", "llr",
+                 "cosine_distance", "l2_distance", "status")
+
+
+def default_table_path(output: Path) -> Path:
+    """OUT.tsv beside OUT.vcf.gz."""
+    name = output.name
+    for suffix in (".gz", ".bgz", ".vcf"):
+        name = name.removesuffix(suffix)
+    return output.with_name(name + ".tsv")
+
+
+def _format(value: float | None) -> str:
+    return "." if value is None else f"{value:.6g}"
+
+
+def _info_entries(record: Record) -> bytes:
+    columns = (("GENOSSM_LLR", record.llr), ("GENOSSM_COS", record.cos),
+               ("GENOSSM_L2", record.l2))
+    parts = [f"{key}={','.join(_format(v) for v in values)}" for key, values in columns]
+    parts.append(f"GENOSSM_STATUS={','.join(record.status)}")
+    return ";".join(parts).encode()
+
+
+def annotated_line(record: Record) -> bytes:
+    """The record's line with the GENOSSM INFO entries added; every other byte kept."""
+    if not record.alts:
+        return record.line
+    fields = record.line.split(b"\t")
+    info = fields[7]
+    fields[7] = _info_entries(record) if info == b"." else info + b";" + _info_entries(record)
+    return b"\t".join(fields)
+
+
+def table_rows(record: Record) -> Iterator[str]:
+    """One row per ALT (one ``no_alt`` row for a record without ALT), TABLE_COLUMNS."""
+    def number(value):
+        return "NA" if value is None else f"{value:.7g}"
+
+    head = [record.chrom, str(record.pos), record.id, record.ref]
+    if not record.alts:
+        yield "\t".join([*head, ".", str(record.number), "NA", "NA", "NA", "NA", "no_alt"])
+    for i, alt in enumerate(record.alts):
+        yield "\t".join([*head, alt, str(record.number), str(i + 1), number(record.llr[i]),
+                         number(record.cos[i]), number(record.l2[i]), record.status[i]])
+
+
+def score_header_lines(model_dir: Path, config, *, window: int, prefix_reuse: bool,
+                       rc_average: bool, renaming: str) -> list[bytes]:
+    """The ##INFO lines for the scores and a ##genossm_score line with the settings."""
+    model = (f"genossm model {model_dir.resolve().name} ({config.objective}, "
+             f"d_model={config.d_model}, n_layer={config.n_layer}, d_state={config.d_state}"
+             + (", bidirectional" if config.bidirectional else "")
+             + (", rc_equivariant" if config.rc_equivariant else "") + ")")
+    strands = ", averaged over both strands" if rc_average else ""
+    if config.objective == "clm":
+        llr = (f"ln P(alt haplotype) - ln P(ref haplotype) over a {window} bp window centred "
+               f"on the variant")
+    else:
+        llr = (f"sum over the masked REF bases of ln p(alt base) - ln p(ref base) in a "
+               f"{window} bp window centred on the variant (SNVs and MNVs)")
+    lines = [
+        ("GENOSSM_LLR", "Float", f"{llr}{strands}, by {model}"),
+        ("GENOSSM_COS", "Float", f"Cosine distance (1 - cos) between the mean final hidden "
+                                 f"states over the ref and alt haplotypes{strands}, by {model}"),
+        ("GENOSSM_L2", "Float", f"Euclidean distance between the mean final hidden states over "
+                                f"the ref and alt haplotypes{strands}, by {model}"),
+        ("GENOSSM_STATUS", "String", "scored, or why the allele has no score: "
+                                     + ", ".join(s for s in STATUSES if s != SCORED)),
+    ]
+    out = [f'##INFO=<ID={i},Number=A,Type={t},Description="{d}">'.encode()
+           for i, t, d in lines]
+    out.append(f"##genossm_score=version {__version__}; model {model_dir}; window {window}; "
+               f"prefix_reuse {str(prefix_reuse).lower()}; rc_average {str(rc_average).lower()}; "
+               f"contig names {renaming}".encode())
+    return out
+
+
+def format_summary(summary: dict) -> str:
+    """genossm score: N records (M alt alleles): X scored; unscored: reason n, ..."""
+    statuses = summary["statuses"]
+    unscored = [f"{s} {n:,}" for s, n in sorted(statuses.items(), key=lambda kv: -kv[1])
+                if s != SCORED]
+    line = (f"genossm score: {summary['records']:,} records ({summary['alt_alleles']:,} alt "
+            f"alleles): {statuses.get(SCORED, 0):,} scored")
+    if unscored:
+        line += "; unscored: " + ", ".join(unscored)
+    if summary["hints"]:
+        line += " (" + "; ".join(summary["hints"]) + ")"
+    return line + f"; wrote {summary['output']} and {summary['table']}"

@@ -1,0 +1,255 @@
+"""Variants in: the VCF/BCF's records with their text lines, each ALT allele's status, and the
+VCF contig name -> FASTA contig name resolution.
+
+A ``Record`` carries one input record from reading to writing: its text line (written back
+untouched apart from the added INFO entries), its alleles, and per ALT the status and scores the
+scorer fills in. Every ALT starts ``scored`` or with the reason it is not a sequence the model
+can read (``allele_status``); the annotator (haplotypes.py) may then set another reason.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pysam
+
+from genossm import alphabet
+from genossm.errors import InputError
+
+INFO_IDS = ("GENOSSM_LLR", "GENOSSM_COS", "GENOSSM_L2", "GENOSSM_STATUS")
+
+SCORED = "scored"
+INDEL_NEEDS_CAUSAL = "indel_needs_causal_model"
+STATUSES = (SCORED, "ref_mismatch", "contig_not_in_fasta", "chrom_name_mismatch",
+            "symbolic_allele", "breakend", "star_allele", "invalid_allele", "no_alt",
+            INDEL_NEEDS_CAUSAL)
+READ_BY_MODEL = (SCORED, INDEL_NEEDS_CAUSAL)   # statuses whose haplotypes the model reads
+
+
+@dataclass
+class Record:
+    """One VCF record on its way through: its text line, its alleles and, per ALT, the status
+    and scores (None = not scored)."""
+
+    number: int                 # 1-based, in file order
+    line: bytes                 # the record's text, without the line end
+    chrom: str
+    pos: int                    # 1-based, as in the VCF
+    id: str
+    ref: str
+    alts: tuple[str, ...]
+    status: list[str] = field(default_factory=list)         # per ALT
+    llr: list[float | None] = field(default_factory=list)   # per ALT
+    cos: list[float | None] = field(default_factory=list)   # per ALT
+    l2: list[float | None] = field(default_factory=list)    # per ALT
+    left_flank: np.ndarray | None = None    # codes around REF, set when an ALT is to be scored
+    right_flank: np.ndarray | None = None
+
+    def alts_to_score(self) -> list[int]:
+        """Indices (into ``alts``) of the ALT alleles whose haplotypes the model reads."""
+        return [i for i, s in enumerate(self.status) if s in READ_BY_MODEL]
+
+    def haplotype_alleles(self) -> list[int]:
+        """The alleles of the haplotypes the model reads, numbered as in a VCF genotype: 0 for
+        REF, then 1 + i for each ALT i to score."""
+        return [0, *[i + 1 for i in self.alts_to_score()]]
+
+    def allele_codes(self, allele: int) -> np.ndarray:
+        """Codes of allele 0 (REF) or allele i (ALT i - 1)."""
+        return alphabet.encode(self.ref if allele == 0 else self.alts[allele - 1])
+
+
+def allele_status(alt: str) -> str | None:
+    """Why an ALT allele cannot be scored, or None when it is a sequence."""
+    if alt == "*":
+        return "star_allele"
+    if alt == ".":
+        return "no_alt"
+    if alt.startswith("<"):
+        return "symbolic_allele"
+    if "[" in alt or "]" in alt or alt.startswith(".") or alt.endswith("."):
+        return "breakend"
+    if (alphabet.ENCODE_TABLE[np.frombuffer(alt.encode("latin-1"), np.uint8)]
+            == alphabet.INVALID).any():
+        return "invalid_allele"
+    return None
+
+
+# --------------------------------------------------------------------------- contig names
+
+
+def read_chrom_map(path) -> dict[str, str]:
+    """Two tab-separated columns per line: VCF contig name, FASTA contig name."""
+    mapping: dict[str, str] = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(path, f"cannot read ({e})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.rstrip("\r").split("\t")
+        if len(fields) != 2 or not all(fields):
+            raise InputError(path, "expected two tab-separated names (VCF contig, FASTA contig)",
+                             place=f"line {number}")
+        if fields[0] in mapping:
+            raise InputError(path, f"contig {fields[0]!r} is mapped twice", place=f"line {number}")
+        mapping[fields[0]] = fields[1]
+    return mapping
+
+
+class ContigResolver:
+    """VCF contig name -> (FASTA contig or None, status), with the renaming the user asked for;
+    remembers which renaming would have found a missing contig (for the summary)."""
+
+    def __init__(self, lengths: dict[str, int], rename: str | None, chrom_map: dict | None):
+        self.lengths = lengths      # FASTA contig -> length
+        self.rename = rename
+        self.chrom_map = chrom_map or {}
+        self.cache: dict[str, tuple[str | None, str]] = {}
+        self.suggestions: dict[str, str] = {}   # VCF contig -> option that would find it
+        self.missing: list[str] = []
+
+    def __call__(self, chrom: str) -> tuple[str | None, str]:
+        if chrom not in self.cache:
+            self.cache[chrom] = self._resolve(chrom)
+        return self.cache[chrom]
+
+    def _resolve(self, chrom: str) -> tuple[str | None, str]:
+        name = self.chrom_map.get(chrom, chrom)
+        if self.rename == "add-chr" and not name.startswith("chr"):
+            name = "chr" + name
+        elif self.rename == "strip-chr" and name.startswith("chr"):
+            name = name[3:]
+        if name in self.lengths:
+            return name, SCORED
+        if chrom.startswith("chr") and chrom[3:] in self.lengths:
+            self.suggestions[chrom] = f"--rename-chroms strip-chr would find {chrom} as {chrom[3:]}"
+            return None, "chrom_name_mismatch"
+        if "chr" + chrom in self.lengths:
+            self.suggestions[chrom] = f"--rename-chroms add-chr would find {chrom} as chr{chrom}"
+            return None, "chrom_name_mismatch"
+        self.missing.append(chrom)
+        return None, "contig_not_in_fasta"
+
+
+# --------------------------------------------------------------------------- the VCF/BCF
+
+
+@contextmanager
+def quiet_htslib():
+    """htslib warns on stderr about VCFs without ##contig lines (and tabix about POS 0
+    records); problems are reported here."""
+    previous = pysam.set_verbosity(0)
+    try:
+        yield
+    finally:
+        pysam.set_verbosity(previous)
+
+
+def _open_variants(path: Path) -> pysam.VariantFile:
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    try:
+        return pysam.VariantFile(str(path))
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"not a readable VCF or BCF ({e})") from None
+
+
+class VariantSource:
+    """The VCF/BCF's header text and its records, each paired with its text line: the input's
+    own bytes for VCF (plain or compressed), htslib's rendering for BCF."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        with quiet_htslib():
+            vf = _open_variants(self.path)
+        self.is_bcf = vf.format == "BCF"
+        if self.is_bcf:
+            self.header_lines = str(vf.header).encode().splitlines()
+        else:
+            self.header_lines = []
+            with self._text() as fh:
+                for line in fh:
+                    self.header_lines.append(line.rstrip(b"\r\n"))
+                    if line.startswith(b"#CHROM"):
+                        break
+        info = {r.get("ID") for r in vf.header.records if r.key == "INFO"}
+        vf.close()
+        if not self.header_lines or not self.header_lines[-1].startswith(b"#CHROM"):
+            raise InputError(self.path, "no #CHROM header line")
+        clash = [i for i in INFO_IDS if i in info]
+        if clash:
+            raise InputError(self.path, f"already has {clash[0]} in its header; score the "
+                                        "original VCF")
+
+    def _text(self):
+        with open(self.path, "rb") as fh:
+            compressed = fh.read(2) == b"\x1f\x8b"
+        return gzip.open(self.path, "rb") if compressed else open(self.path, "rb")
+
+    def _place(self, number: int) -> str:
+        if self.is_bcf:
+            return f"record {number}"
+        return f"record {number} (line {len(self.header_lines) + number})"
+
+    def _records(self) -> Iterator[pysam.VariantRecord]:
+        """pysam's records; a record it cannot parse is an InputError naming its place."""
+        with quiet_htslib():
+            vf = _open_variants(self.path)
+            it = iter(vf)
+            number = 0
+            while True:
+                number += 1
+                try:
+                    record = next(it)
+                except StopIteration:
+                    break
+                except (OSError, ValueError) as e:
+                    raise InputError(self.path, f"malformed record ({e})",
+                                     place=self._place(number)) from None
+                yield record
+            vf.close()
+
+    def check(self) -> int:
+        """Parse every record and check the order tabix needs (each contig in one block,
+        positions not decreasing); returns the number of records."""
+        seen: set[str] = set()
+        chrom, pos, number = None, 0, 0
+        for number, record in enumerate(self._records(), 1):
+            if record.chrom != chrom:
+                if record.chrom in seen:
+                    raise InputError(self.path, f"not sorted: contig {record.chrom} appears "
+                                                f"again after {chrom}; sort it (bcftools sort)",
+                                     place=self._place(number))
+                seen.add(record.chrom)
+                chrom, pos = record.chrom, 0
+            elif record.pos < pos:
+                raise InputError(self.path, f"not sorted: {chrom}:{record.pos} comes after "
+                                            f"{chrom}:{pos}; sort it (bcftools sort)",
+                                 place=self._place(number))
+            pos = record.pos
+        return number
+
+    def __iter__(self) -> Iterator[Record]:
+        lines = iter(()) if self.is_bcf else self._text_body()
+        for number, rec in enumerate(self._records(), 1):
+            line = str(rec).encode().rstrip(b"\n") if self.is_bcf else next(lines, b"")
+            if not line.startswith(f"{rec.chrom}\t{rec.pos}\t".encode()):
+                raise InputError(self.path, "the text line does not match the record htslib "
+                                            "read (blank or stray lines?)",
+                                 place=self._place(number))
+            yield Record(number, line, rec.chrom, rec.pos, rec.id or ".", rec.ref or "",
+                         tuple(rec.alts or ()))
+
+    def _text_body(self) -> Iterator[bytes]:
+        with self._text() as fh:
+            for _ in self.header_lines:
+                next(fh)
+            for line in fh:
+                yield line.rstrip(b"\r\n")

@@ -1,0 +1,136 @@
+"""What a training run is: its config (``TrainConfig``, read from YAML) and the schedules that
+are pure functions of (config, step), so that a resumed run continues with exactly the learning
+rates and window lengths of an uninterrupted one."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from genossm.data import SplitConfig
+from genossm.errors import InputError
+from genossm.model import ModelConfig, ModelDir
+
+# what --resume may change: the run's length, time budget and logging, not its identity
+RESUMABLE = ("max_steps", "max_time", "num_workers", "log_every", "checkpoint_every")
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a training run; ``model`` and ``split`` are nested sections."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    split: SplitConfig = field(default_factory=lambda: SplitConfig(val_fraction=0.05))
+    seq_len: int = 1024               # target window length L
+    seq_len_start: int = 0            # sequence-length warmup: start here (0 = no warmup) ...
+    seq_len_warmup_steps: int = 0     # ... and grow linearly to seq_len over these steps
+    batch_size: int = 8               # windows per micro-batch per rank
+    grad_accum: int = 1               # micro-batches per optimizer step
+    max_steps: int = 1000
+    max_time: float | None = None     # seconds of this invocation; stops with a checkpoint
+    lr: float = 2e-3
+    min_lr: float = 2e-4              # cosine decay ends here at max_steps
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0            # max global gradient norm (0 = off)
+    mlm_probability: float = 0.15     # objective "mlm": fraction of bases masked
+    max_n_fraction: float = 0.1
+    rc_augment: bool = True
+    use_reads: bool = True
+    seed: int = 0
+    num_workers: int = 0              # DataLoader workers per rank
+    precision: str = "auto"           # "auto" (bf16 autocast on CUDA), "bf16", "fp32"
+    log_every: int = 10
+    eval_every: int = 100             # validation loss on fixed held-out windows (0 = off)
+    eval_windows: int = 16
+    checkpoint_every: int = 500
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = _build(ModelConfig, self.model, "model")
+        if isinstance(self.split, dict):
+            self.split = _build(SplitConfig, self.split, "split")
+        positive = ("seq_len", "batch_size", "grad_accum", "max_steps", "log_every",
+                    "checkpoint_every", "eval_windows")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.seq_len_start < 0 or self.seq_len_start > self.seq_len:
+            raise ValueError("seq_len_start must be in 0..seq_len")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError("mlm_probability must be in (0, 1)")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if not 0.0 <= self.min_lr <= self.lr:
+            raise ValueError("need 0 <= min_lr <= lr")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        return _build(cls, d, "train config")
+
+    def resumed_with(self, other: TrainConfig) -> TrainConfig:
+        """This (saved) config with ``other``'s RESUMABLE settings."""
+        return dataclasses.replace(self, **{name: getattr(other, name) for name in RESUMABLE})
+
+
+def _build(cls, d, what):
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} must be a mapping, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} key(s): {', '.join(unknown)}")
+    return cls(**d)
+
+
+def load_train_config(path, *, base: dict | None = None, **overrides) -> TrainConfig:
+    """TrainConfig from a YAML file (sections ``model`` and ``split`` nested), or from ``base``
+    (a saved config, when resuming without a file), then the non-None ``overrides``
+    (command-line options) on top."""
+    d = dict(base or {})
+    if path is not None:
+        try:
+            d = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise InputError(path, f"cannot read training config ({e})".replace("\n", " ")) \
+                from None
+    try:
+        d = {**d, **{k: v for k, v in overrides.items() if v is not None}}
+        return TrainConfig.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise InputError(path, str(e)) from None
+
+
+def saved_train_config(directory) -> dict | None:
+    """The training config recorded in a model directory's checkpoint (None without one)."""
+    return ModelDir(directory).train_config()
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to cfg.min_lr at cfg.max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def sequence_length(cfg: TrainConfig, step: int) -> int:
+    """Window length at ``step``: linear from seq_len_start to seq_len over the warmup steps,
+    rounded up to a multiple of 64 (whole scan chunks)."""
+    if not cfg.seq_len_start or step >= cfg.seq_len_warmup_steps:
+        return cfg.seq_len
+    length = cfg.seq_len_start + (cfg.seq_len - cfg.seq_len_start) * step / \
+        cfg.seq_len_warmup_steps
+    return min(cfg.seq_len, 64 * math.ceil(length / 64))

@@ -1,0 +1,110 @@
+"""The harness the scan tests share (test_scan.py, test_scan_triton.py): random scan inputs, and
+a backend's outputs, final state and the gradient of every input checked against the float64
+sequential reference (``backend="ref"``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from genossm.ops import selective_scan
+
+NAMES = ("x", "dt", "A", "B", "C", "D", "dt_bias", "initial_state")
+
+
+def make_inputs(seed, batch, length, heads, groups, headdim, dstate, *, d_shape="h",
+                state=True, bias=True, dt_scale=1.0, bc_scale=1.0, a_range=None):
+    """Random float64 scan inputs (plain tensors: :func:`run` makes the autograd leaves).
+
+    dt is raw (pre-softplus, standard deviation ``dt_scale``) when ``bias`` (softplus(dt +
+    dt_bias) is used) and already positive otherwise; B and C have standard deviation
+    ``bc_scale``; A is -exp(N(0, 0.7^2)), or uniform in -``a_range`` when given; D is (heads,)
+    for ``d_shape="h"``, (heads, headdim) for ``"hp"``, absent for None.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+
+    return {
+        "x": rnd(batch, length, heads, headdim),
+        "dt": (rnd(batch, length, heads, scale=dt_scale) if bias
+               else rnd(batch, length, heads).abs() * 0.5),
+        "A": (-torch.exp(rnd(heads, scale=0.7)) if a_range is None else
+              -(torch.rand(heads, generator=gen, dtype=torch.float64)
+                * (a_range[1] - a_range[0]) + a_range[0])),
+        "B": rnd(batch, length, groups, dstate, scale=bc_scale),
+        "C": rnd(batch, length, groups, dstate, scale=bc_scale),
+        "D": {"h": rnd(heads), "hp": rnd(heads, headdim), None: None}[d_shape],
+        "dt_bias": rnd(heads, scale=0.5) - 1.0 if bias else None,
+        "initial_state": rnd(batch, heads, headdim, dstate) if state else None,
+    }
+
+
+def cast(inp, dtype):
+    """The inputs rounded to ``dtype`` (absent ones stay None)."""
+    return {k: (v.to(dtype) if v is not None else None) for k, v in inp.items()}
+
+
+def run(inp, backend, *, dtype=None, chunk_size=16, dt_limit=(0.0, math.inf), grad_y=True,
+        grad_final=True, seed=123):
+    """(y, final_state, {name: gradient}) of ``backend`` on the inputs in ``dtype`` (default:
+    as they are), for a random linear functional of y (``grad_y``) plus one of the final state
+    (``grad_final``). Gradients are keyed by the inputs that are present; one is None where the
+    functional does not depend on that input (D, for the final state alone)."""
+    leaves = {k: (v.detach().to(dtype or v.dtype).requires_grad_() if v is not None else None)
+              for k, v in inp.items()}
+    y, state = selective_scan(
+        leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], leaves["D"],
+        dt_bias=leaves["dt_bias"], dt_softplus=leaves["dt_bias"] is not None, dt_limit=dt_limit,
+        initial_state=leaves["initial_state"], return_final_state=True, chunk_size=chunk_size,
+        backend=backend)
+    gen = torch.Generator().manual_seed(seed)
+    terms = [(t.double() * torch.randn(t.shape, generator=gen, dtype=torch.float64)).sum()
+             for t, wanted in ((y, grad_y), (state, grad_final)) if wanted]
+    names = [k for k in NAMES if leaves[k] is not None]
+    grads = torch.autograd.grad(sum(terms), [leaves[k] for k in names], allow_unused=True)
+    return y, state, dict(zip(names, grads, strict=True))
+
+
+def assert_tensor_close(name, got, want, *, rtol, atol, relative=False):
+    """Elementwise |got - want| <= atol + rtol |want| in float64; ``want`` None (the reference
+    does not depend on this input) means zero. ``relative``: atol is a fraction of the largest
+    |want| (taken as at least 1e-3)."""
+    assert got is not None, f"{name}: missing"
+    want = torch.zeros_like(got, dtype=torch.float64) if want is None else want.detach().double()
+    if relative:
+        atol = atol * max(float(want.abs().max()) if want.numel() else 0.0, 1e-3)
+    torch.testing.assert_close(got.detach().double(), want, rtol=rtol, atol=atol,
+                               msg=lambda m: f"{name}: {m}")
+
+
+def assert_matches_ref(got, want, *, rtol=1e-9, atol=1e-9, relative=False, tols=None):
+    """Two :func:`run` results agree: y, final state and the gradient of every input.
+    ``tols`` ({"y" | "final_state" | "d<input>": (rtol, atol)}) overrides the tolerances of
+    single tensors; ``relative`` as in :func:`assert_tensor_close`."""
+    (y, s, g), (y0, s0, g0) = got, want
+    assert g.keys() == g0.keys()
+    tols = tols or {}
+    pairs = [("y", y, y0), ("final_state", s, s0), *((f"d{k}", g[k], g0[k]) for k in g0)]
+    for name, a, b in pairs:
+        r, t = tols.get(name, (rtol, atol))
+        assert_tensor_close(name, a, b, rtol=r, atol=t, relative=relative)
+
+
+def check_against_ref(inp, backend, *, dtype=torch.float64, chunk_size=16, rtol=1e-9, atol=1e-9,
+                      relative=False, tols=None, **run_kw):
+    """Run ``backend`` on the inputs in ``dtype`` and the float64 reference on the very same
+    (rounded) values; check the dtypes (y and gradients in ``dtype``, the final state in float64
+    or else float32) and every output and gradient (:func:`assert_matches_ref`). ``run_kw`` go
+    to both runs. Returns (got, want)."""
+    rounded = cast(inp, dtype)
+    want = run(rounded, "ref", dtype=torch.float64, **run_kw)
+    got = run(rounded, backend, chunk_size=chunk_size, **run_kw)
+    y, s, g = got
+    assert y.dtype == dtype, y.dtype
+    assert s.dtype == (torch.float64 if dtype == torch.float64 else torch.float32), s.dtype
+    assert all(v.dtype == dtype for v in g.values() if v is not None)
+    assert_matches_ref(got, want, rtol=rtol, atol=atol, relative=relative, tols=tols)
+    return got, want
