@@ -114,7 +114,7 @@ def test_whole_dag_then_nothing_to_do_then_report(workdir, tmp_path):
     for name in ("training_curves.png", "bits_by_position.png", "metrics.json", "tabix_5.png"):
         assert name in html
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "the report test needs Debian's chromium package (.ci/run installs it)"
+    assert chromium, "the report test needs Debian's chromium package (make test installs it)"
     shot = tmp_path / "report.png"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
              "--window-size=1280,900", f"--user-data-dir={tmp_path / 'chromium'}"]

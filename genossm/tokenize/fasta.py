@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from isal import igzip
+from isal import igzip, igzip_lib
 from tqdm import tqdm
 
 from genossm import alphabet
@@ -76,7 +76,8 @@ def _open_decompressed(raw):
     return igzip.IGzipFile(fileobj=raw, mode="rb") if gz else raw
 
 
-_DECOMPRESS_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
+# ISA-L reports corrupt deflate data as IsalError, which is not an OSError
+_DECOMPRESS_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError, igzip_lib.IsalError)
 
 
 def _read_blocks(path: Path, progress: tqdm | None):
@@ -95,7 +96,7 @@ def _read_blocks(path: Path, progress: tqdm | None):
                         break
                     q.put((block, raw.tell()))
             q.put((None, None))
-        except _DECOMPRESS_ERRORS as e:
+        except BaseException as e:  # every failure reaches the reader: it never waits forever
             q.put((e, None))
 
     thread = threading.Thread(target=produce, name="genossm-decompress", daemon=True)
@@ -106,8 +107,10 @@ def _read_blocks(path: Path, progress: tqdm | None):
             block, pos = q.get()
             if block is None:
                 return
-            if isinstance(block, BaseException):
+            if isinstance(block, _DECOMPRESS_ERRORS):
                 raise _DecompressError(block, done)
+            if isinstance(block, BaseException):
+                raise block
             done += len(block)
             if progress is not None:
                 progress.update(pos - progress.n)
