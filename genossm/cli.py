@@ -12,12 +12,14 @@ stage), so one command reads in one sitting.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import inspect
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -49,9 +51,35 @@ _TRAIN_OVERRIDES = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error (``genossm: error: ...``), exit 2."""
+
+    def error(self, message):
+        self.exit(EXIT_INPUT_ERROR, f"genossm: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _given(args) -> dict:
     """The options (and positionals) given on the command line, by destination name."""
     return {k: v for k, v in vars(args).items() if k not in _PARSER_KEYS}
+
+
+def _given_with_threads(args) -> dict:
+    """``_given`` for a command that runs a model: --threads is applied to torch here."""
+    from genossm.runtime import set_threads
+
+    kw = _given(args)
+    set_threads(kw.pop("threads", None))
+    return kw
 
 
 def _cmd_tokenize(args) -> int:
@@ -95,11 +123,9 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from genossm.runtime import set_threads
     from genossm.train import load_train_config, saved_train_config, train
 
-    kw = _given(args)
-    set_threads(kw.pop("threads", None))
+    kw = _given_with_threads(args)
     stores, output, config = kw.pop("stores"), kw.pop("output"), kw.pop("config", None)
     overrides = {name: kw.pop(name) for name in _TRAIN_OVERRIDES if name in kw}
     # resuming without --config continues with the run's own config
@@ -119,10 +145,8 @@ def _cmd_train(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from genossm.evaluate import evaluate
-    from genossm.runtime import set_threads
 
-    kw = _given(args)
-    set_threads(kw.pop("threads", None))
+    kw = _given_with_threads(args)
     m = evaluate(kw.pop("model_dir"), kw.pop("store"), kw.pop("output"), **kw)
     print(f"genossm evaluate: model {m['model_bits_per_base']:.3f} bits/base vs Markov order "
           f"{m['markov_order']} {m['markov_bits_per_base']:.3f} bits/base over "
@@ -131,21 +155,17 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_score(args) -> int:
-    from genossm.runtime import set_threads
     from genossm.score import format_summary, score_vcf
 
-    kw = _given(args)
-    set_threads(kw.pop("threads", None))
+    kw = _given_with_threads(args)
     print(format_summary(score_vcf(kw.pop("vcf"), **kw)))
     return 0
 
 
 def _cmd_embed(args) -> int:
     from genossm.embed import embed
-    from genossm.runtime import set_threads
 
-    kw = _given(args)
-    set_threads(kw.pop("threads", None))
+    kw = _given_with_threads(args)
     s = embed(kw.pop("model_dir"), kw.pop("fasta"), kw.pop("output"), **kw)
     print(f"genossm embed: {s['regions']:,} regions, {s['bases']:,} bases, width {s['width']} "
           f"-> {s['output']}")
@@ -236,7 +256,7 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     """--device and --threads, the same for every command that runs a model."""
     p.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="auto: the GPU when there is one, else the CPU")
-    p.add_argument("--threads", type=int,
+    p.add_argument("--threads", type=_positive_int,
                    help="CPU threads for torch (not given: torch's default, all cores)")
 
 
@@ -244,6 +264,12 @@ def _add_chunk_length(p: argparse.ArgumentParser) -> None:
     """--chunk-length, the same for every command that streams a causal model over regions."""
     p.add_argument("--chunk-length", type=int, metavar="N",
                    help="bases per streamed piece for causal models")
+
+
+def _add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing output that genossm wrote (never an input of the "
+                        "run, never anything genossm did not write)")
 
 
 def _add_quiet(p: argparse.ArgumentParser) -> None:
@@ -261,8 +287,9 @@ def _add_tokenize(sub) -> None:
                    help="FASTA (plain, gzip, BGZF), SAM, BAM or CRAM; format sniffed "
                         "from the content")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="STORE.zarr")
-    p.add_argument("--threads", type=int, help="threads for decompression and compression")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--threads", type=_positive_int,
+                   help="threads for decompression and compression")
+    _add_force(p)
     p.add_argument("--chunk-size", type=int, help="Zarr chunk length in bases")
     p.add_argument("--reference", type=Path, metavar="FA", help="reference FASTA for CRAM")
     p.add_argument("--region", metavar="R", help="only reads overlapping R (chr:start-end); "
@@ -296,7 +323,7 @@ def _add_train(sub) -> None:
     _add_runtime_options(p)
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in MODEL_DIR exactly")
-    p.add_argument("--force", action="store_true", help="replace an existing MODEL_DIR")
+    _add_force(p)
     _add_quiet(p)
     p.set_defaults(func=_cmd_train)
 
@@ -321,6 +348,7 @@ def _add_evaluate(sub) -> None:
                    help="highest Markov order tried (0..12)")
     p.add_argument("--max-windows", type=int, metavar="N",
                    help="windows of the training length for bits by position")
+    _add_force(p)
     _add_quiet(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -354,6 +382,7 @@ def _add_score(sub) -> None:
                        help="two tab-separated columns: VCF contig name, FASTA contig name")
     p.add_argument("--no-prefix-reuse", dest="prefix_reuse", action="store_false",
                    help="run each haplotype from its start (slower; same scores)")
+    _add_force(p)
     _add_quiet(p)
     p.set_defaults(func=_cmd_score)
 
@@ -379,13 +408,13 @@ def _add_embed(sub) -> None:
     p.add_argument("--max-length", type=int, metavar="N",
                    help="longest region a non-causal model embeds in its one pass")
     _add_runtime_options(p)
-    p.add_argument("--force", action="store_true", help="replace an existing output")
+    _add_force(p)
     _add_quiet(p)
     p.set_defaults(func=_cmd_embed)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="genossm",
         description="Single-nucleotide selective state-space models for genomes.")
     parser.add_argument("--version", action="version", version=f"genossm {__version__}")
@@ -398,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_score(sub)
     _add_embed(sub)
+    for command in sub.choices.values():   # --debug is accepted after the subcommand too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show full tracebacks on errors")
     return parser
 
 
@@ -408,13 +440,44 @@ def command_options(command: str) -> dict[str, argparse.Action]:
     return dict(sub.choices[command]._option_string_actions)
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP (``kill``, Snakemake, SLURM, a closed terminal): unwinds like Ctrl-C,
+    so that every staged output is removed before the process ends."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _signals_unwind():
+    """SIGTERM and SIGHUP raise Terminated while a command runs (main thread only; training
+    sets its own SIGTERM handler, which stops with a checkpoint)."""
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            previous[signum] = signal.signal(signum, _terminate)
+        except ValueError:   # not the main thread: signals cannot reach this call anyway
+            break
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="genossm: %(levelname)s: %(message)s")
     logging.getLogger().setLevel(logging.WARNING)
     try:
-        return args.func(args)
+        with _signals_unwind():
+            return args.func(args)
     except InputError as e:
         if args.debug:
             raise
@@ -425,3 +488,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("genossm: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated as e:
+        if args.debug:
+            raise
+        name = signal.Signals(e.signum).name
+        print(f"genossm: terminated by {name}", file=sys.stderr)
+        return 128 + e.signum

@@ -33,16 +33,17 @@ class SplitConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
-def split_regions(stores: list[TokenStore], split: SplitConfig
+def split_regions(stores: list[TokenStore], split: SplitConfig, *, source=None
                   ) -> tuple[list[Region], list[Region]]:
-    """(training intervals, validation intervals) over every contig of every store."""
+    """(training intervals, validation intervals) over every contig of every store
+    (``source``: the config file the split comes from, for errors)."""
     lengths = {}
     for i, store in enumerate(stores):
         for info in store.contigs:
             lengths.setdefault(info.name, []).append((i, info.length))
     unknown = [c for c in split.val_contigs if c not in lengths]
     if unknown:
-        raise InputError(None, f"validation contig(s) not in any store: {', '.join(unknown)}")
+        raise InputError(source, f"split.val_contigs: {', '.join(unknown)} not in any store")
     held: dict[tuple[int, str], list[tuple[int, int]]] = {}
     for name in split.val_contigs:
         for i, length in lengths[name]:
@@ -92,13 +93,16 @@ class WindowDataset(torch.utils.data.Dataset):
     reverse-complemented.
 
     Returns ``{"tokens": int64 [seq_len], "loss_mask": bool [seq_len]}``; the mask is False on
-    N and padding, which are never targets.
+    N and padding, which are never targets. ``source`` names where ``seq_len`` came from (the
+    --config file or the option), for errors.
     """
 
     def __init__(self, stores: list[TokenStore], intervals: list[Region], seq_len: int, *,
                  num_samples: int, seed: int = 0, max_n_fraction: float = 0.1,
-                 rc_augment: bool = True, use_reads: bool = True, max_tries: int = 1000):
+                 rc_augment: bool = True, use_reads: bool = True, max_tries: int = 1000,
+                 source=None):
         self.stores = stores
+        self.source = source
         self.seq_len = int(seq_len)
         self.num_samples = int(num_samples)
         self.seed = int(seed)
@@ -119,8 +123,8 @@ class WindowDataset(torch.utils.data.Dataset):
         contig_windows = int(self.window_cum[-1]) if len(self.window_cum) else 0
         total = contig_windows + read_bases
         if total == 0:
-            raise InputError(None, f"no training interval is at least {self.seq_len} bases long "
-                                   "and the stores hold no reads")
+            raise InputError(source, f"no training interval is at least seq_len "
+                                     f"({self.seq_len}) bases long and the stores hold no reads")
         self.p_reads = read_bases / total
         self.read_cum = np.cumsum([int(off[-1]) for _, off in self.read_pools])
 
@@ -128,6 +132,14 @@ class WindowDataset(torch.utils.data.Dataset):
         return self.num_samples
 
     def __getitem__(self, index: int) -> dict:
+        try:
+            return self._item(index)
+        except InputError as e:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            raise _WorkerInputError(e.path, e.message, place=e.place) from None
+
+    def _item(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, int(index)])
         for _ in range(self.max_tries):
             codes, valid, filled = self._draw(rng)
@@ -138,8 +150,9 @@ class WindowDataset(torch.utils.data.Dataset):
                     valid = valid[::-1]
                 return {"tokens": torch.from_numpy(codes.astype(np.int64)),
                         "loss_mask": torch.from_numpy(np.ascontiguousarray(valid))}
-        raise InputError(None, f"no window with at most {self.max_n_fraction:.0%} N found in "
-                               f"{self.max_tries} draws; lower seq_len or raise max_n_fraction")
+        raise InputError(self.source, f"no window with at most {self.max_n_fraction:.0%} N "
+                                      f"found in {self.max_tries} draws; lower seq_len or "
+                                      "raise max_n_fraction")
 
     def _draw(self, rng) -> tuple[np.ndarray, np.ndarray, int]:
         """(codes, target mask, number of real bases) of one candidate window."""
@@ -165,6 +178,18 @@ class WindowDataset(torch.utils.data.Dataset):
         out = np.full(self.seq_len, alphabet.N, dtype=np.uint8)  # padding is N: no target
         out[:codes.size] = codes
         return out, out != alphabet.N, max(1, codes.size)
+
+
+class _WorkerInputError(InputError):
+    """An InputError in a DataLoader worker process. The DataLoader raises a worker's error
+    again in the main process as ``type(error)(the worker's traceback as text)``; this type
+    turns that text back into the error's one line (the traceback's last)."""
+
+    def __init__(self, path, message: str | None = None, *, place: str | None = None):
+        if message is None and place is None:          # raised again from the traceback text
+            last = str(path).rstrip().splitlines()[-1]
+            path, message = None, last.split(": ", 1)[-1]
+        super().__init__(path, message, place=place)
 
 
 # --- batches of a step ----------------------------------------------------------------------

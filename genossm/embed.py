@@ -13,7 +13,8 @@ region's far end) and the two are averaged position by position; the pooled vect
 of the two strands' means. An rc_equivariant model already sees both strands (its hidden states
 are [forward strand, reverse strand]), so ``rc_average`` is then skipped with a warning.
 
-Output, a Zarr v3 group written under a temporary name and renamed when complete::
+Output, a Zarr v3 group written under a temporary name and renamed when complete (claimed first:
+fileio.claim_outputs; ``EMBEDDINGS`` recognises one that genossm wrote)::
 
     OUT.zarr/
       attrs: genossm = {format: 1, kind: "embeddings", model, model_config, layer, pooling: "mean",
@@ -31,6 +32,7 @@ into the residual stream (0 = embedding output, n_layer = the final normalised o
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -44,9 +46,9 @@ from tqdm import tqdm
 
 from genossm import __version__, alphabet
 from genossm.errors import InputError
-from genossm.fileio import StagedOutputs
+from genossm.fileio import OutputKind, StagedOutputs, claim_outputs
 from genossm.model import GenoSSM
-from genossm.reference import Reference
+from genossm.reference import Reference, reference_files
 from genossm.regions import STRANDS, Region, check_inside, read_bed
 from genossm.runtime import open_model
 
@@ -56,6 +58,20 @@ FORMAT_VERSION = 1
 DEFAULT_CHUNK_LENGTH = 1 << 16
 DEFAULT_MAX_LENGTH = 1 << 20
 CHUNK_BYTES = 4 << 20      # target size of one Zarr chunk of per-base or pooled rows
+KIND = "embeddings"
+
+
+def is_embeddings(path) -> bool:
+    """Whether ``path`` is an embeddings group genossm wrote: its root zarr.json carries the
+    ``genossm`` attribute with kind "embeddings"."""
+    try:
+        attrs = json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {})
+        return attrs.get("genossm", {}).get("kind") == KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+EMBEDDINGS = OutputKind("a genossm embeddings group", is_embeddings)
 
 
 # --------------------------------------------------------------------------- regions
@@ -247,8 +263,8 @@ def embed(model_dir, fasta, output, *, bed=None, per_base: bool = False, layer: 
     ``model_dir`` into the Zarr group ``output`` (layout in the module docstring). Returns a
     summary: output, regions, bases, width."""
     output = Path(output)
-    if output.exists() and not force:
-        raise InputError(output, "output exists; use --force to replace it")
+    claim_outputs([(output, EMBEDDINGS)], inputs=[model_dir, *reference_files(fasta), bed],
+                  force=force)
     for option, value in (("--chunk-length", chunk_length), ("--max-length", max_length)):
         if value < 1:
             raise InputError(None, f"{option} must be positive, got {value}")
@@ -258,14 +274,14 @@ def embed(model_dir, fasta, output, *, bed=None, per_base: bool = False, layer: 
         layer, rc_average = _check_model(model, regions, layer, rc_average, max_length)
         embedder = Embedder(model, reference, layer=layer, chunk_length=chunk_length)
         attrs = {
-            "format": FORMAT_VERSION, "kind": "embeddings", "model": str(model_dir),
+            "format": FORMAT_VERSION, "kind": KIND, "model": str(model_dir),
             "model_config": model.config.to_dict(), "layer": layer, "pooling": "mean",
             "rc_average": rc_average, "per_base": per_base, "width": embedder.width,
             "fasta": str(fasta), "bed": None if bed is None else str(bed),
             "created_by": f"genossm {__version__}",
         }
         with StagedOutputs() as staged:
-            tmp = staged.path(output)
+            tmp = staged.directory(output)
             stack = PieceStack(output.parent) if per_base and rc_average else None
             try:
                 group = _write(embedder, regions, tmp, per_base=per_base,

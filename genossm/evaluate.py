@@ -8,6 +8,11 @@ and every base (but the first) sees the whole region before it: the measure
 region's start, with 15 % of the non-N bases of every window masked (``masked_15pct``). Either
 way the score of a base is -log2 of the probability the model's full-vocabulary softmax gives
 it, and the Markov baseline is scored on exactly the same bases.
+
+Outputs, METRICS.json and the two plots, are claimed before anything is read
+(fileio.claim_outputs; ``METRICS`` recognises a metrics file genossm wrote) and staged together:
+a failing run leaves none of them, and METRICS.json, the mark of a finished run, is renamed into
+place last.
 """
 
 from __future__ import annotations
@@ -23,12 +28,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from genossm import alphabet
+from genossm import __version__, alphabet
 from genossm.errors import InputError
-from genossm.fileio import atomic_write
+from genossm.fileio import OutputKind, StagedOutputs, claim_outputs
 from genossm.markov import MarkovBaseline
 from genossm.model import GenoSSM, ModelDir, TrainingInfo, last_record
-from genossm.plots import plot_bits_by_position, plot_training_curves
+from genossm.plots import PLOT, plot_bits_by_position, plot_training_curves
 from genossm.regions import Region, check_inside, overlap_bases, read_bed
 from genossm.runtime import open_model, resolve_device
 from genossm.store import TokenStore
@@ -42,6 +47,25 @@ POSITION_BINS = 64        # log-spaced bins of bits by position in the window
 CURVES_PLOT = "training_curves.png"
 POSITION_PLOT = "bits_by_position.png"
 LN2 = math.log(2.0)
+METRICS_MAX_BYTES = 64 << 20   # larger than any metrics file; a larger file is not one
+
+
+def is_metrics(path) -> bool:
+    """Whether ``path`` is a METRICS.json genossm evaluate wrote: a JSON object with
+    ``model_bits_per_base`` and genossm's ``created_by`` (or, older files, ``measure``)."""
+    try:
+        if Path(path).stat().st_size > METRICS_MAX_BYTES:
+            return False
+        metrics = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(metrics, dict):
+        return False
+    ours = str(metrics.get("created_by", "")).startswith("genossm ") or "measure" in metrics
+    return ours and "model_bits_per_base" in metrics
+
+
+METRICS = OutputKind("a genossm evaluate METRICS.json", is_metrics)
 
 
 # --------------------------------------------------------------------------- regions
@@ -287,11 +311,18 @@ def _finite(value: float) -> float | None:
 
 def evaluate(model_dir, store_path, output, *, regions_bed=None, plots_dir=None,
              device: str = "auto", chunk_length: int = 65536, markov_max_order: int = 10,
-             max_windows: int = 32, progress: bool = True) -> dict:
+             max_windows: int = 32, progress: bool = True, force: bool = False) -> dict:
     """Evaluate the model in ``model_dir`` on ``store_path``; write METRICS.json (``output``)
-    and the two plots (into ``plots_dir``, default beside ``output``). Returns the metrics."""
+    and the two plots (into ``plots_dir``, default beside ``output``); ``force`` replaces
+    outputs an earlier run wrote. Returns the metrics."""
     model_dir, output = Path(model_dir), Path(output)
     plots_dir = output.parent if plots_dir is None else Path(plots_dir)
+    plots = {"training_curves": plots_dir / CURVES_PLOT,
+             "bits_by_position": plots_dir / POSITION_PLOT}
+    if output.resolve() in {p.resolve() for p in plots.values()}:
+        raise InputError(output, "is also the path of a plot; name METRICS.json otherwise")
+    claim_outputs([*((p, PLOT) for p in plots.values()), (output, METRICS)],
+                  inputs=[model_dir, store_path, regions_bed], force=force)
     if chunk_length < 1:
         raise InputError(None, f"--chunk-length must be positive, got {chunk_length}")
     if not 0 <= markov_max_order <= 12:
@@ -308,49 +339,50 @@ def evaluate(model_dir, store_path, output, *, regions_bed=None, plots_dir=None,
     model = open_model(model_dir, torch_device)
     measure = CAUSAL if model.config.objective == "clm" else MASKED
 
-    markov, order_scores = fit_markov(store, train, markov_max_order)
-    windows = _profile_windows(regions, seq_len, max_windows)
-    with torch.inference_mode(), tqdm(total=sum(r.length for r in regions) + len(windows) * seq_len,
-                                      unit="bp", unit_scale=True, desc="evaluate",
-                                      disable=None if progress else True, leave=False) as bar:
-        scores = score_regions(model, store, regions, markov, measure, chunk_length, seq_len,
-                               torch_device, bar)
-        profile = bits_by_position(model, store, regions, windows, measure, seq_len,
+    # The outputs' temporaries are made before the work (an output that cannot be written fails
+    # now, not after it) and renamed into place together when it is done, METRICS.json last.
+    with StagedOutputs() as staged:
+        curves, by_position, staged_metrics = [staged.file(p)
+                                               for p in (*plots.values(), output)]
+        markov, order_scores = fit_markov(store, train, markov_max_order)
+        windows = _profile_windows(regions, seq_len, max_windows)
+        total = sum(r.length for r in regions) + len(windows) * seq_len
+        with torch.inference_mode(), tqdm(total=total, unit="bp", unit_scale=True,
+                                          desc="evaluate", disable=None if progress else True,
+                                          leave=False) as bar:
+            scores = score_regions(model, store, regions, markov, measure, chunk_length, seq_len,
                                    torch_device, bar)
-    scored = sum(s.bases for s in scores)
-    if not scored:
-        raise InputError(source, "the regions hold no base to score (all N or too short)")
-    model_bpb = sum(s.model_bits for s in scores) / scored
-    markov_bpb = sum(s.markov_bits for s in scores) / scored
+            profile = bits_by_position(model, store, regions, windows, measure, seq_len,
+                                       torch_device, bar)
+        scored = sum(s.bases for s in scores)
+        if not scored:
+            raise InputError(source, "the regions hold no base to score (all N or too short)")
+        model_bpb = sum(s.model_bits for s in scores) / scored
+        markov_bpb = sum(s.markov_bits for s in scores) / scored
 
-    plots = {"training_curves": plots_dir / CURVES_PLOT,
-             "bits_by_position": plots_dir / POSITION_PLOT}
-    metrics = {
-        "model_dir": str(model_dir),
-        "store": str(store.path),
-        "measure": measure,
-        "regions_from": source,
-        "regions": [s.as_json() for s in scores],
-        "bases_scored": scored,
-        "model_bits_per_base": model_bpb,
-        "markov_bits_per_base": markov_bpb,
-        "markov_order": markov.order,
-        "markov_held_out_bits_per_base_by_order": {str(k): _finite(v)
-                                                   for k, v in order_scores.items()},
-        "markov_training_bases": sum(r.length for r in train),
-        "improvement_bits_per_base": markov_bpb - model_bpb,
-        "training_overlap_bases": overlap_bases(regions, train),
-        "bits_by_position": profile,
-        "last_train": last_record(records, "train"),
-        "last_val": last_record(records, "val"),
-        "plots": {k: str(p) for k, p in plots.items()},
-    }
-    text = json.dumps(metrics, indent=2, allow_nan=False) + "\n"
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    # Each file is written whole and renamed into place; METRICS.json, the mark of a finished
-    # run, comes last.
-    plot_training_curves(records, markov_bpb, markov.order, plots["training_curves"])
-    plot_bits_by_position(profile, markov_bpb, markov.order, plots["bits_by_position"])
-    atomic_write(output, lambda tmp: Path(tmp).write_text(text))
+        metrics = {
+            "created_by": f"genossm {__version__}",
+            "model_dir": str(model_dir),
+            "store": str(store.path),
+            "measure": measure,
+            "regions_from": source,
+            "regions": [s.as_json() for s in scores],
+            "bases_scored": scored,
+            "model_bits_per_base": model_bpb,
+            "markov_bits_per_base": markov_bpb,
+            "markov_order": markov.order,
+            "markov_held_out_bits_per_base_by_order": {str(k): _finite(v)
+                                                       for k, v in order_scores.items()},
+            "markov_training_bases": sum(r.length for r in train),
+            "improvement_bits_per_base": markov_bpb - model_bpb,
+            "training_overlap_bases": overlap_bases(regions, train),
+            "bits_by_position": profile,
+            "last_train": last_record(records, "train"),
+            "last_val": last_record(records, "val"),
+            "plots": {k: str(p) for k, p in plots.items()},
+        }
+        text = json.dumps(metrics, indent=2, allow_nan=False) + "\n"
+        plot_training_curves(records, markov_bpb, markov.order, curves)
+        plot_bits_by_position(profile, markov_bpb, markov.order, by_position)
+        staged_metrics.write_text(text)
     return metrics

@@ -1,5 +1,13 @@
-"""Output staging: every file or directory genossm writes is built under a temporary sibling and
-renamed into place whole (docs/design.md, "Outputs").
+"""The output policy and output staging: what genossm may write where, and every file or directory
+it writes built under a temporary sibling and renamed into place whole (docs/design.md,
+"Outputs").
+
+``claim_outputs`` is the one check every command makes before it reads anything: an output
+that is, or resolves to (links included), one of the run's inputs, lies inside one, or holds
+one, is refused with or without ``--force``; an existing output is refused without
+``--force``; with ``--force`` only an output that genossm itself wrote (each kind of output
+recognised by its owner: ``OutputKind``) may be replaced, and anything else there is refused
+with a line that says what it is.
 
 ``StagedOutputs`` is the one way to write an output: ask it for the temporary path of each
 output, write there, and leave the ``with`` block; on success every output is renamed into
@@ -20,7 +28,11 @@ import shutil
 import socket
 import uuid
 import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+
+from genossm.errors import InputError
 
 _HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
 
@@ -95,10 +107,15 @@ def recover(path) -> None:
             _remove(entry)
 
 
-def _fsync(path: Path) -> None:
-    if path.is_file():
+def _finish_file(path: Path) -> None:
+    """Flush a staged file to disk and give it a new file's mode under the umask (some writers,
+    safetensors among them, create their files private)."""
+    if path.is_file() and not path.is_symlink():
         with open(path, "rb+") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path, 0o666 & ~umask)
 
 
 class StagedOutputs:
@@ -109,18 +126,41 @@ class StagedOutputs:
         self._staged: list[tuple[Path, Path]] = []
 
     def path(self, output) -> Path:
-        """The temporary path to write instead of ``output`` (its directory is created)."""
+        """The temporary path to write instead of ``output`` (its directory is created); an
+        output that cannot be written there is an InputError."""
         output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(output, f"cannot write ({e.strerror})") from None
+        if not os.access(output.parent, os.W_OK):
+            raise InputError(output, "cannot write (Permission denied)")
         recover(output)
         tmp = temporary_sibling(output)
         self._staged.append((tmp, output))
         return tmp
 
+    def file(self, output) -> Path:
+        """``path(output)``, created empty: an output file that cannot be written is an
+        InputError before any work is done."""
+        return self._create(output, lambda tmp: open(tmp, "wb").close())
+
+    def directory(self, output) -> Path:
+        """``path(output)``, created as an empty directory (checked like ``file``)."""
+        return self._create(output, Path.mkdir)
+
+    def _create(self, output, make) -> Path:
+        tmp = self.path(output)
+        try:
+            make(tmp)
+        except OSError as e:
+            raise InputError(output, f"cannot write ({e.strerror or e})") from None
+        return tmp
+
     def commit(self) -> None:
         """Flush every staged file to disk, then rename each onto its output."""
         for tmp, _ in self._staged:
-            _fsync(tmp)
+            _finish_file(tmp)
         for tmp, output in self._staged:
             replace_path(tmp, output)
         self._staged = []
@@ -146,3 +186,66 @@ def atomic_write(path, write) -> Path:
     with StagedOutputs() as staged:
         write(staged.path(path))
     return Path(path)
+
+
+# --------------------------------------------------------------------------- the output policy
+
+# Index files that belong to an input beside it (FASTA, VCF/BCF, BAM/CRAM): never outputs.
+SIDECARS = (".fai", ".gzi", ".tbi", ".csi", ".bai", ".crai")
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """A kind of output genossm writes: its name for messages ("a genossm token store") and
+    ``recognise(path)``, true when what is at ``path`` was written by genossm as this kind
+    (a marker in its metadata or header, defined by the module that writes it)."""
+    name: str
+    recognise: Callable[[Path], bool]
+
+
+def _describe(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return "a broken link"
+    if path.is_dir():
+        count = sum(1 for _ in path.iterdir())
+        return f"a directory of {count} entr{'y' if count == 1 else 'ies'}"
+    if path.is_file():
+        return f"a file of {path.stat().st_size:,} bytes"
+    return "something that is not a file or a directory"
+
+
+def _same_or_nested(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` (resolved) are the same, or one lies inside the other."""
+    if a == b or a in b.parents or b in a.parents:
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)   # hard links
+    except OSError:
+        return False
+
+
+def claim_outputs(outputs: Iterable[tuple[Path, OutputKind]], *, inputs: Iterable,
+                  force: bool) -> None:
+    """Check each (output path, kind) against the output policy (module docstring) before a
+    command reads or writes anything; InputError with one line otherwise."""
+    sources = []
+    for p in inputs:
+        if p is None:
+            continue
+        # an index may not exist yet: htslib builds a missing .fai during the run
+        candidates = [Path(p)] + [Path(str(p) + suffix) for suffix in SIDECARS]
+        sources += [(c, Path(os.path.realpath(c))) for c in candidates]
+    for path, kind in outputs:
+        path = Path(path)
+        resolved = Path(os.path.realpath(path))
+        for given, source in sources:
+            if _same_or_nested(resolved, source):
+                raise InputError(path, f"is an input of this run ({given}), or holds or lies "
+                                       "inside one; choose another output path")
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if not force:
+            raise InputError(path, "output exists; use --force to replace it")
+        if path.is_symlink() or not kind.recognise(path):
+            raise InputError(path, f"exists and is {_describe(path)}, not {kind.name}; "
+                                   "--force replaces only what genossm wrote")

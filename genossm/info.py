@@ -6,7 +6,9 @@ from genossm.store import TokenStore
 
 
 def store_summary(path) -> dict:
+    """What the store holds, once its files are checked (``TokenStore.check_files``)."""
     store = TokenStore(path)
+    store.check_files()
     contigs = [{"name": c.name, "length": c.length, "n_count": c.n_count,
                 "iupac_count": c.iupac_count,
                 "softmasked_fraction": c.softmasked / c.length if c.length else 0.0,

@@ -1,23 +1,57 @@
 """The PNG plots users keep: training curves, bits per base by position, score distributions.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no display, no global state)
-and written atomically.
+and written to the path they are given: the caller stages it (fileio.StagedOutputs) with the
+run's other outputs. Each PNG carries a ``Software: genossm VERSION`` text chunk, by which
+``PLOT`` recognises a plot genossm wrote (the output policy, fileio.claim_outputs).
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
 
-from genossm.fileio import atomic_write
+from genossm import __version__
+from genossm.fileio import OutputKind
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SOFTWARE = b"Software"
+
+
+def is_genossm_plot(path) -> bool:
+    """Whether ``path`` is a PNG whose ``Software`` text chunk (before the image data) names
+    genossm."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return False
+    if not head.startswith(PNG_MAGIC):
+        return False
+    at = len(PNG_MAGIC)
+    while at + 8 <= len(head):
+        length, kind = struct.unpack(">I4s", head[at:at + 8])
+        if kind == b"tEXt":
+            keyword, _, text = head[at + 8:at + 8 + length].partition(b"\0")
+            if keyword == SOFTWARE and text.startswith(b"genossm "):
+                return True
+        if kind in (b"IDAT", b"IEND"):
+            return False
+        at += 12 + length
+    return False
+
+
+PLOT = OutputKind("a genossm PNG plot", is_genossm_plot)
 
 
 def _save_figure(figure, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    figure.savefig(path, format="png", dpi=120,
+                   metadata={SOFTWARE.decode(): f"genossm {__version__}"})
 
 
 def plot_training_curves(records: list[dict], markov_bits: float, markov_order: int,

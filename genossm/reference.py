@@ -8,15 +8,29 @@ outside a contig, asked for by windows that run past its ends, are N.
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pysam
+from isal import igzip, igzip_lib
 
 from genossm import alphabet
 from genossm.errors import InputError
 from genossm.regions import Region
+
+_BLOCK = 1 << 22
+_NOT_SPACE = re.compile(rb"\S")
+_UNREADABLE = (OSError, EOFError, zlib.error, gzip.BadGzipFile, igzip_lib.IsalError)
+
+
+def reference_files(path) -> list[Path]:
+    """The FASTA and the index files htslib reads, or builds when they are missing, beside it:
+    inputs of every run that reads it (for fileio.claim_outputs)."""
+    return [Path(path), Path(f"{path}.fai"), Path(f"{path}.gzi")]
 
 
 class Reference:
@@ -42,17 +56,72 @@ class Reference:
         return os.fsdecode(self._fasta.filename)
 
     def records(self) -> list[Region]:
-        """Every record, whole, as one forward-strand region named after it. (htslib leaves
-        records without sequence out of the index; one listed with length 0 by a foreign .fai
-        is an error.)"""
+        """Every record, whole, as one forward-strand region named after it. The FASTA's
+        headers are read once, for what the index hides: htslib leaves records without
+        sequence out of it and keeps the first of two records of one name; either, or a
+        record listed with length 0 by a foreign .fai, is an error."""
+        first: dict[str, int] = {}
+        for number, (name, has_sequence) in enumerate(self._headers(), 1):
+            place = f"record {number} ({name!r})"
+            if name in first:
+                raise InputError(self.name, f"a second record named {name!r} (record "
+                                            f"{first[name]} is the first): names must be "
+                                            "unique", place=place)
+            first[name] = number
+            if not has_sequence:
+                raise InputError(self.name, "no sequence", place=place)
+            if name not in self.lengths:
+                raise InputError(self.name, f"not in the index {self.name}.fai; is it stale? "
+                                            "(delete it to have it rebuilt)", place=place)
         regions = []
         for name, length in self.lengths.items():
             region = Region(name, 0, length, name, "+", source=self.name,
                             place=f"record {name!r}")
-            if length == 0:
-                raise region.error("no sequence")
+            if length == 0 or name not in first:
+                raise region.error("no sequence" if length == 0 else
+                                   f"in the index {self.name}.fai but not in the FASTA; is the "
+                                   "index stale? (delete it to have it rebuilt)")
             regions.append(region)
         return regions
+
+    def _headers(self) -> list[tuple[str, bool]]:
+        """(name, whether any sequence follows) of every record of the FASTA, in order; the
+        name is the header up to its first white space, as htslib reads it."""
+        with open(self.path, "rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+        headers: list[list] = []
+        carry, line_start = b"", True
+        try:
+            with igzip.open(self.path, "rb") if compressed else open(self.path, "rb") as fh:
+                while True:
+                    block = fh.read(_BLOCK)
+                    data, carry = carry + block, b""
+                    at = 0
+                    while True:   # at: where the sequence of the last header read goes on
+                        if at == 0 and line_start and data.startswith(b">"):
+                            header = 0
+                        else:
+                            header = data.find(b"\n>", at)
+                            header = -1 if header < 0 else header + 1
+                        stop = len(data) if header < 0 else header
+                        if headers and _NOT_SPACE.search(data, at, stop):
+                            headers[-1][1] = True
+                        if header < 0:
+                            break
+                        end = data.find(b"\n", header)
+                        if end < 0 and block:   # the header line goes on in the next block
+                            carry = data[header:]
+                            break
+                        end = len(data) if end < 0 else end
+                        words = data[header + 1:end].split() or [b""]
+                        headers.append([words[0].decode("utf-8", "surrogateescape"), False])
+                        at = end
+                    if not block:
+                        break
+                    line_start = bool(carry) or data.endswith(b"\n")
+        except _UNREADABLE as e:
+            raise InputError(self.path, f"cannot read ({e})") from None
+        return [(name, has_sequence) for name, has_sequence in headers]
 
     def text(self, contig: str, start: int, end: int) -> str:
         """The letters of [start, end) as written in the FASTA (inside the contig)."""

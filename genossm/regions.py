@@ -14,6 +14,7 @@ from pathlib import Path
 from genossm.errors import InputError
 
 STRANDS = ("+", "-", ".")
+MAX_COORDINATE = (1 << 63) - 1   # coordinates are int64 wherever they are stored or computed
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ def read_bed(path) -> list[Region]:
             raise InputError(path, "start and end must be integers", place=place) from None
         if not 0 <= start < end:
             raise InputError(path, f"need 0 <= start < end, got {start}-{end}", place=place)
+        if end > MAX_COORDINATE:
+            raise InputError(path, f"end {end} is past any contig (coordinates must be below "
+                                   "2^63)", place=place)
         name = fields[3] if len(fields) > 3 else ""
         strand = fields[5] if len(fields) > 5 else "."
         regions.append(Region(fields[0], start, end, name, strand, source=str(path),

@@ -36,8 +36,6 @@ def set_threads(threads: int | None) -> None:
 
 
 def open_model(model_dir, device="auto") -> GenoSSM:
-    """The model of a model directory on the resolved device (eval mode)."""
-    try:
-        return ModelDir(model_dir).load_model(resolve_device(device))
-    except (FileNotFoundError, ValueError) as e:
-        raise InputError(None, str(e)) from None
+    """The model of a model directory on the resolved device (eval mode); a missing or damaged
+    file of it is one InputError naming the file (``ModelDir.load_model``)."""
+    return ModelDir(model_dir).load_model(resolve_device(device))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -35,7 +36,9 @@ from tqdm import tqdm
 
 from genossm.data import StepBatches, WindowDataset, describe_split, lm_batch, split_regions
 from genossm.errors import InputError
+from genossm.fileio import OutputKind, claim_outputs
 from genossm.model import GenoSSM, ModelDir, TrainingInfo, last_record
+from genossm.model.directory import MODEL_DIR, TRAIN_STATE_NAME
 from genossm.runtime import resolve_device
 from genossm.store import TokenStore
 from genossm.train_config import (
@@ -50,6 +53,9 @@ __all__ = ["TrainConfig", "learning_rate", "load_train_config", "saved_train_con
            "sequence_length", "train"]
 
 LN2 = math.log(2.0)
+# What --resume continues: a directory with a checkpoint (its files are checked as they are read).
+CHECKPOINT = OutputKind("a genossm model directory with a checkpoint",
+                        lambda path: (Path(path) / TRAIN_STATE_NAME).is_file())
 
 
 # --- distributed ----------------------------------------------------------------------------
@@ -123,6 +129,7 @@ class Run:
     elapsed_before: float = 0.0          # seconds spent by the invocations before this one
     metrics: list[dict] = field(default_factory=list)
     resumed: dict | None = None          # the train_state resumed from (None: a new run)
+    trained: TrainingInfo | None = None  # ... and the checkpoint's training section
     live: bool = False                   # the directory (and its metrics.jsonl) is this run's
     started: float = 0.0                 # time.monotonic() when this invocation's loop began
     window: tuple[float, int] = (0.0, 0)  # start and tokens of the throughput window
@@ -166,40 +173,97 @@ class Run:
         self.ranks.barrier()
 
 
-def _open_run(directory: ModelDir, cfg: TrainConfig, ranks: Dist, *, resume: bool,
-              force: bool) -> Run:
-    """A new run, or (``resume`` and a checkpoint in ``directory``) the checkpoint's run with
-    the RESUMABLE settings of ``cfg``; a checkpoint swap that a kill interrupted is finished
-    or undone first."""
+def _open_run(directory: ModelDir, cfg: TrainConfig, ranks: Dist, store_paths: list, *,
+              resume: bool, force: bool) -> Run:
+    """A new run, or (``resume``) the run of the checkpoint in ``directory``, continued as it
+    was (``_check_resumable``); a checkpoint swap that a kill interrupted is finished or undone
+    first. The directory is claimed (fileio.claim_outputs) before anything is read: never one
+    of the stores or the --config file; an existing model directory is continued with
+    --resume or replaced with --force, anything else is not replaced."""
     if ranks.main:
         directory.recover()
     ranks.barrier()
-    if resume and directory.exists():
-        ckpt = directory.read_checkpoint(ranks.device)
-        try:
-            saved = TrainConfig.from_dict(ckpt.training.config)
-        except (TypeError, ValueError) as e:
-            raise InputError(directory.config_path, f"cannot resume: {e}") from None
-        torch.set_rng_state(ckpt.state["rng_torch"].cpu())
-        run = Run(directory, saved.resumed_with(cfg), ranks, step=ckpt.state["step"],
-                  tokens=ckpt.state["tokens"], elapsed_before=ckpt.state["elapsed_s"],
-                  metrics=ckpt.metrics, resumed=ckpt.state, live=True)
-        if ranks.main:
-            directory.write_metrics(run.metrics)  # drop lines logged after the checkpoint
-        return run
-    if directory.path.exists() and not force:
-        raise InputError(directory.path, "output exists; use --resume to continue it or "
-                                         "--force to replace it")
+    path, inputs = directory.path, [*store_paths, cfg.source]
+    if resume:
+        if not CHECKPOINT.recognise(path):
+            raise InputError(None, f"nothing to resume in {path}; run without --resume to start")
+        claim_outputs([(path, CHECKPOINT)], inputs=inputs, force=True)
+        return _resumed_run(directory, cfg, ranks, store_paths)
+    # the policy's check; whether an existing model directory is continued or replaced is
+    # --resume's or --force's to say, below
+    claim_outputs([(path, MODEL_DIR)], inputs=inputs, force=force or MODEL_DIR.recognise(path))
+    if path.exists() and not force:
+        raise InputError(path, "output exists; use --resume to continue it or --force to "
+                               "replace it")
     return Run(directory, cfg, ranks)
 
 
+def _resumed_run(directory: ModelDir, cfg: TrainConfig, ranks: Dist, store_paths: list) -> Run:
+    ckpt = directory.read_checkpoint(ranks.device)
+    try:
+        saved = TrainConfig.from_dict(ckpt.training.config)
+    except (TypeError, ValueError) as e:
+        raise InputError(directory.config_path, f"cannot resume: {e}") from None
+    _check_resumable(directory, cfg, saved, ckpt.training, store_paths)
+    try:
+        torch.set_rng_state(ckpt.state["rng_torch"].cpu())
+    except (RuntimeError, TypeError) as e:
+        raise InputError(directory.path / TRAIN_STATE_NAME,
+                         f"not a torch random state ({e})") from None
+    run = Run(directory, saved.resumed_with(cfg), ranks, step=ckpt.state["step"],
+              tokens=ckpt.state["tokens"], elapsed_before=ckpt.state["elapsed_s"],
+              metrics=ckpt.metrics, resumed=ckpt.state, trained=ckpt.training, live=True)
+    if ranks.main:
+        directory.write_metrics(run.metrics)  # drop lines logged after the checkpoint
+    return run
+
+
+def _check_resumable(directory: ModelDir, cfg: TrainConfig, saved: TrainConfig,
+                     trained: TrainingInfo, store_paths: list) -> None:
+    """--resume continues the run as it was: the given settings other than RESUMABLE (model
+    section included) are the checkpoint's, and the stores are the ones it was trained on, in
+    the same order (by resolved path); InputError saying which differ otherwise."""
+    changes = cfg.changes_from(saved)
+    if changes:
+        origins = [cfg.origin(key.split(".")[0]) for key, _, _ in changes]
+        where = cfg.source if cfg.source in origins else origins[0]
+        listed = ", ".join(f"{key} {json.dumps(theirs)} -> {json.dumps(mine)}"
+                           for key, mine, theirs in changes)
+        raise InputError(where, f"cannot resume {directory.path}: changes its {listed}; "
+                                "--resume may change only the run's length, time budget, "
+                                "logging, precision and how the model runs")
+    given = [Path(p).resolve() for p in store_paths]
+    recorded = [Path(p).resolve() for p in trained.stores]
+    if given != recorded:
+        new = [str(p) for p, r in zip(store_paths, given, strict=True) if r not in recorded]
+        gone = [p for p, r in zip(trained.stores, recorded, strict=True) if r not in given]
+        which = "; ".join([f"{', '.join(new)} not among them"] * bool(new)
+                          + [f"{', '.join(gone)} not given"] * bool(gone)) or "another order"
+        raise InputError(directory.path, f"cannot resume: it was trained on "
+                                         f"{', '.join(trained.stores)} ({which}); give the "
+                                         "same stores in the same order")
+
+
+def _check_same_split(run: Run, training: TrainingInfo) -> None:
+    """A resumed run's stores hold the contigs it was trained on (its split is the same)."""
+    if run.trained is not None and any(run.trained.split[k] != training.split[k]
+                                       for k in ("train", "validation")):
+        raise InputError(run.directory.path, "cannot resume: the stores' contigs are not those "
+                                             "it was trained on (the train/validation split "
+                                             "differs); was a store tokenized again?")
+
+
 def _open_stores(paths: list) -> list[TokenStore]:
+    """The stores, their files checked (``TokenStore.check_files``): a damaged store stops
+    the run before it starts, not hours in."""
     stores = []
     for path in paths:
         try:
-            stores.append(TokenStore(path))
+            store = TokenStore(path)
         except (FileNotFoundError, ValueError) as e:
             raise InputError(path, f"not a token store ({e})") from None
+        store.check_files()
+        stores.append(store)
     return stores
 
 
@@ -220,7 +284,11 @@ def _build_model(run: Run):
     optimizer = torch.optim.AdamW(raw_model.optim_groups(cfg.weight_decay), lr=cfg.lr,
                                   betas=(cfg.beta1, cfg.beta2), fused=dev.type == "cuda")
     if run.resumed is not None:
-        optimizer.load_state_dict(run.resumed["optimizer"])
+        try:
+            optimizer.load_state_dict(run.resumed["optimizer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise InputError(run.directory.path / TRAIN_STATE_NAME, "the optimizer state does "
+                             f"not fit the model ({' '.join(str(e).split())})") from None
     return raw_model, model, optimizer
 
 
@@ -229,7 +297,8 @@ def _train_loader(stores, train_iv, cfg: TrainConfig, start_step: int, ranks: Di
     total_windows = cfg.max_steps * cfg.grad_accum * ranks.world * cfg.batch_size
     dataset = WindowDataset(stores, train_iv, cfg.seq_len, num_samples=total_windows,
                             seed=cfg.seed, max_n_fraction=cfg.max_n_fraction,
-                            rc_augment=cfg.rc_augment, use_reads=cfg.use_reads)
+                            rc_augment=cfg.rc_augment, use_reads=cfg.use_reads,
+                            source=cfg.origin("seq_len"))
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatches(cfg, start_step, ranks.rank, ranks.world),
         num_workers=cfg.num_workers, pin_memory=ranks.device.type == "cuda")
@@ -264,15 +333,16 @@ def train(store_paths: list, output, cfg: TrainConfig, *, device: str | None = N
     """Train a model on the stores; write checkpoints to ``output``. Returns a summary."""
     # open the run: a new one, or the checkpoint in ``output`` resumed
     ranks = Dist.setup(device)
-    run = _open_run(ModelDir(output), cfg, ranks, resume=resume, force=force)
+    run = _open_run(ModelDir(output), cfg, ranks, store_paths, resume=resume, force=force)
     cfg = run.cfg
 
     # the data, the model and its optimizer
     stores = _open_stores(store_paths)
-    train_iv, val_iv = split_regions(stores, cfg.split)
+    train_iv, val_iv = split_regions(stores, cfg.split, source=cfg.source)
     training = TrainingInfo(stores=[str(Path(p)) for p in store_paths], seq_len=cfg.seq_len,
                             seed=cfg.seed, world_size=ranks.world,
                             split=describe_split(stores, train_iv, val_iv), config=cfg.to_dict())
+    _check_same_split(run, training)
     raw_model, model, optimizer = _build_model(run)
     loader = _train_loader(stores, train_iv, cfg, run.step, ranks)
     val_batches = _validation_batches(stores, val_iv, cfg) if cfg.eval_every else []
@@ -378,7 +448,7 @@ def _validation_batches(stores, val_iv, cfg: TrainConfig) -> list[dict]:
         return []
     data = WindowDataset(stores, val_iv, cfg.seq_len, num_samples=cfg.eval_windows,
                          seed=cfg.seed + 1, max_n_fraction=cfg.max_n_fraction,
-                         rc_augment=False, use_reads=False)
+                         rc_augment=False, use_reads=False, source=cfg.origin("seq_len"))
     items = [data[i] for i in range(len(data))]
     return [torch.utils.data.default_collate(items[i:i + cfg.batch_size])
             for i in range(0, len(items), cfg.batch_size)]

@@ -16,7 +16,12 @@ from genossm.errors import InputError
 from genossm.model import ModelConfig, ModelDir
 
 # what --resume may change: the run's length, time budget and logging, not its identity
-RESUMABLE = ("max_steps", "max_time", "num_workers", "log_every", "checkpoint_every")
+RESUMABLE = ("max_steps", "max_time", "num_workers", "log_every", "checkpoint_every",
+             "eval_every", "precision")
+# ... and the model settings that change how it runs, not its weights or what it computes
+RESUMABLE_MODEL = ("scan_backend", "gradient_checkpointing", "checkpoint_segment_length")
+# where the settings came from (for messages and the output policy), not settings themselves
+PROVENANCE = ("source", "options")
 
 
 @dataclass
@@ -49,6 +54,10 @@ class TrainConfig:
     eval_every: int = 100             # validation loss on fixed held-out windows (0 = off)
     eval_windows: int = 16
     checkpoint_every: int = 500
+    # Not settings (not in to_dict, not compared): the --config file the settings were read
+    # from, and the names of those given as command-line options (set by load_train_config).
+    source: str | None = field(default=None, compare=False, repr=False)
+    options: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -73,21 +82,54 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["model"] = self.model.to_dict()
+        for name in PROVENANCE:
+            del d[name]
         return d
+
+    def origin(self, name: str) -> str | None:
+        """Where setting ``name`` came from, for messages: its command-line option, else the
+        --config file (None: neither, e.g. the resumed run's own config)."""
+        return _option(name) if name in self.options else self.source
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         return _build(cls, d, "train config")
 
     def resumed_with(self, other: TrainConfig) -> TrainConfig:
-        """This (saved) config with ``other``'s RESUMABLE settings."""
-        return dataclasses.replace(self, **{name: getattr(other, name) for name in RESUMABLE})
+        """This (saved) config with ``other``'s RESUMABLE settings (and provenance)."""
+        model = dataclasses.replace(self.model, **{name: getattr(other.model, name)
+                                                   for name in RESUMABLE_MODEL})
+        return dataclasses.replace(self, model=model, **{name: getattr(other, name)
+                                                         for name in RESUMABLE + PROVENANCE})
+
+    def changes_from(self, saved: TrainConfig) -> list[tuple[str, object, object]]:
+        """(setting, this config's value, ``saved``'s) of each setting outside RESUMABLE that
+        differs: what --resume refuses. Sections are flattened ("model.d_model")."""
+        mine, theirs = _flatten(self.to_dict()), _flatten(saved.to_dict())
+        names = list(mine) + [k for k in theirs if k not in mine]
+        free = set(RESUMABLE) | {f"model.{name}" for name in RESUMABLE_MODEL}
+        return [(k, mine.get(k), theirs.get(k)) for k in names
+                if k not in free and mine.get(k) != theirs.get(k)]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _build(cls, d, what):
     if not isinstance(d, dict):
         raise ValueError(f"{what} must be a mapping, got {type(d).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls)} - set(PROVENANCE)
     unknown = sorted(set(d) - known)
     if unknown:
         raise ValueError(f"unknown {what} key(s): {', '.join(unknown)}")
@@ -97,19 +139,51 @@ def _build(cls, d, what):
 def load_train_config(path, *, base: dict | None = None, **overrides) -> TrainConfig:
     """TrainConfig from a YAML file (sections ``model`` and ``split`` nested), or from ``base``
     (a saved config, when resuming without a file), then the non-None ``overrides``
-    (command-line options) on top."""
+    (command-line options) on top. A value of an option that is wrong in itself is an error of
+    the option (``--seq-len: must be a positive integer, got -5``); any other error names the
+    file (and the options, when the file alone is right)."""
     d = dict(base or {})
     if path is not None:
         try:
             d = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise InputError(path, f"cannot read training config ({e})".replace("\n", " ")) \
                 from None
+        if not isinstance(d, dict):
+            raise InputError(path, f"a training config is a mapping of settings, not a "
+                                   f"{type(d).__name__}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for name, value in given.items():
+        _option_checked(name, value)
     try:
-        d = {**d, **{k: v for k, v in overrides.items() if v is not None}}
-        return TrainConfig.from_dict(d)
+        cfg = TrainConfig.from_dict({**d, **given})
     except (TypeError, ValueError) as e:
-        raise InputError(path, str(e)) from None
+        options = " ".join(_option(name) for name in given)
+        with_options = f" (with {options})" if given and _valid(d) else ""
+        raise InputError(path, f"{e}{with_options}") from None
+    cfg.source = None if path is None else str(path)
+    cfg.options = tuple(given)
+    return cfg
+
+
+def _option_checked(name: str, value) -> None:
+    """InputError of the command-line option of setting ``name`` when ``value`` is wrong in
+    itself (on top of the defaults)."""
+    try:
+        TrainConfig.from_dict({name: value})
+    except (TypeError, ValueError) as e:
+        message = str(e)
+        if message.startswith(name + " "):
+            message = message[len(name) + 1:]
+        raise InputError(None, f"{_option(name)}: {message}") from None
+
+
+def _valid(d: dict) -> bool:
+    try:
+        TrainConfig.from_dict(d)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def saved_train_config(directory) -> dict | None:

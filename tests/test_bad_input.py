@@ -4,11 +4,11 @@ exit, no traceback and no store left behind."""
 from __future__ import annotations
 
 import gzip
-import os
-import signal
+import re
 import subprocess
 import sys
-import time
+import threading
+import zlib
 
 import pytest
 
@@ -32,6 +32,23 @@ def run_bad(tmp_path, capsys, *args):
     return err[0]
 
 
+def run_in_thread(args, limit=60):
+    """main(args) in a daemon thread: its exit status, or a failure if it does not end within
+    ``limit`` seconds."""
+    result: list[int] = []
+    run = threading.Thread(daemon=True, target=lambda: result.append(main(args)))
+    run.start()
+    run.join(limit)
+    assert not run.is_alive(), f"genossm {' '.join(args)} hangs"
+    return result[0]
+
+
+def run_process(*args):
+    """genossm in a child process (stderr as the user sees it, htslib's included)."""
+    return subprocess.run([*GENOSSM, *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
 @pytest.fixture(scope="module")
 def lambda_seq():
     return fasta_records(LAMBDA)[0][1]
@@ -53,6 +70,18 @@ def test_only_blank_lines(tmp_path, capsys):
     p = tmp_path / "blank.fa"
     p.write_bytes(b"\n\n\r\n")
     assert "no FASTA records" in run_bad(tmp_path, capsys, p)
+
+
+def test_headers_without_any_sequence(tmp_path, capsys):
+    """Records with names but no sequence at all: an error, not an empty store (a file where
+    only some records are empty is a warning per record: test_tokenize.py)."""
+    p = tmp_path / "headers.fa"
+    p.write_text(">a\n>b description\n\n")
+    err = run_bad(tmp_path, capsys, p)
+    assert err == f"genossm: error: {p}: no sequence in any record (2 records, headers only)"
+    proc = run_process("tokenize", p, "-o", tmp_path / "o.zarr")   # and no warning per record
+    assert proc.returncode == 2 and proc.stderr == err + "\n"
+    assert not (tmp_path / "o.zarr").exists()
 
 
 def test_text_before_first_header(tmp_path, capsys, lambda_seq):
@@ -100,12 +129,57 @@ def test_header_without_name(tmp_path, capsys, lambda_seq):
     assert run_bad(tmp_path, capsys, p).endswith(f"{p}: line 3: header with no name")
 
 
-def test_truncated_gzip(tmp_path, capsys):
+def text_before_the_cut(data: bytes) -> bytes:
+    """What zlib decompresses of the gzip members of ``data``, a cut gzip file."""
+    text, d = b"", zlib.decompressobj(31)
+    while data:
+        text += d.decompress(data)
+        if not d.eof:
+            break
+        data, d = d.unused_data, zlib.decompressobj(31)
+    return text
+
+
+@pytest.mark.parametrize("path,keep", [(LAMBDA, 1 / 2), (LAMBDA, 1 / 50), (CHR20, 1 / 3)],
+                         ids=["gzip-half", "gzip-start", "bgzf"])
+def test_truncated_gzip(tmp_path, capsys, path, keep):
+    """Cut inside the first (for the gzip, the only) member, the reader has nothing to show
+    for it: the message names the compressed byte where the file ends and the text's line."""
     p = tmp_path / "trunc.fa.gz"
-    data = LAMBDA.read_bytes()
-    p.write_bytes(data[: len(data) // 2])
+    data = path.read_bytes()
+    cut = data[: int(len(data) * keep)]
+    p.write_bytes(cut)
+    line = text_before_the_cut(cut).count(b"\n") + 1
+    assert run_bad(tmp_path, capsys, p) == (
+        f"genossm: error: {p}: compressed byte {len(cut):,} (end of file), line {line:,}: "
+        "truncated gzip data: the file ends inside a compressed block")
+
+
+def test_gzip_checksum_failure_names_the_block(tmp_path, capsys):
+    text = gzip.decompress(LAMBDA.read_bytes())
+    data = bytearray(gzip.compress(text))
+    data[-8] ^= 1   # the CRC32 in the trailer
+    p = tmp_path / "crc.fa.gz"
+    p.write_bytes(bytes(data))
+    lines = text.count(b"\n") + 1
+    assert run_bad(tmp_path, capsys, p) == (
+        f"genossm: error: {p}: compressed bytes 1-{len(data) - 4:,}, lines 1-{lines:,}: "
+        "corrupt gzip data: a block fails its checksum (incorrect data check)")
+
+
+def test_corrupt_gzip_that_decodes_to_bad_text_blames_the_gzip(tmp_path, capsys):
+    """Damaged deflate data can decode to text that fails to parse before the member's
+    checksum is read: the error is the compression's, not an 'invalid character'."""
+    seq = fasta_records(LAMBDA)[0][1]
+    text = (">a\n" + "\n".join(seq[i:i + 60] for i in range(0, len(seq), 60)) + "\n").encode()
+    data = gzip.compress(text, compresslevel=0)   # stored blocks: a flip changes one letter
+    flip = bytearray(data)
+    flip[len(data) // 2] = ord("!")
+    p = tmp_path / "flip.fa.gz"
+    p.write_bytes(bytes(flip))
     err = run_bad(tmp_path, capsys, p)
-    assert f"{p}: after " in err and "truncated or corrupt gzip data" in err
+    assert "invalid character" not in err
+    assert err.endswith("corrupt gzip data: a block fails its checksum (incorrect data check)")
 
 
 def test_corrupt_deflate_data_ends_in_one_line_never_a_hang(tmp_path, capsys):
@@ -145,20 +219,140 @@ def test_corrupt_deflate_data_ends_in_one_line_never_a_hang(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if ".genossm-" in p.name]
 
 
-def test_truncated_bgzf_reference(tmp_path, capsys):
-    p = tmp_path / "trunc.fa.gz"
-    data = CHR20.read_bytes()
-    p.write_bytes(data[: len(data) // 3])
-    assert "truncated or corrupt gzip data" in run_bad(tmp_path, capsys, p)
-
-
 def test_truncated_bam(tmp_path, capsys):
     p = tmp_path / "trunc.bam"
     data = EX1_BAM.read_bytes()
     p.write_bytes(data[: len(data) // 2])
     err = run_bad(tmp_path, capsys, p)
-    assert err == (f"genossm: error: {p}: cannot open as BAM "
-                   "(no BGZF EOF marker; file may be truncated)")
+    assert err == (f"genossm: error: {p}: compressed byte {len(data) // 2:,} (end of file): "
+                   "no BGZF end-of-file marker (truncated file?)")
+
+
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+
+
+def records_before_failure(path) -> int:
+    """How many records pysam reads from ``path`` before it fails."""
+    import pysam
+
+    n = 0
+    with pytest.raises(OSError):
+        with pysam.AlignmentFile(str(path), "rb", check_sq=False,
+                                 ignore_truncation=True) as aln:
+            for _ in aln.fetch(until_eof=True):
+                n += 1
+    return n
+
+
+@pytest.mark.parametrize("damage", ["cut", "flip"])
+def test_damaged_bam_names_the_record_and_the_compressed_byte(tmp_path, capsys, damage):
+    """A BAM cut in half that still ends in an end-of-file marker, and one with a flipped
+    bit: the record being read and the compressed byte where its BGZF block fails."""
+    data = EX1_BAM.read_bytes()
+    if damage == "cut":
+        bad = data[: len(data) // 2] + BGZF_EOF
+        what = rf"compressed byte {len(bad):,} \(end of file\): truncated BGZF data: the file " \
+               "ends inside a compressed block"
+    else:
+        bad = bytearray(data)
+        bad[len(data) // 2] ^= 0x10
+        what = r"compressed bytes? [\d,-]+: corrupt BGZF data.*"
+    p = tmp_path / f"{damage}.bam"
+    p.write_bytes(bytes(bad))
+    record = records_before_failure(p) + 1
+    err = run_bad(tmp_path, capsys, p)
+    assert re.fullmatch(rf"genossm: error: {re.escape(str(p))}: record {record:,}, {what}", err)
+
+
+def test_corrupt_bam_flips_end_in_one_line_never_a_hang(tmp_path, capsys):
+    """20 seeded bit flips past ex1.bam's header block: each run ends, within a time limit,
+    in a store or in one line that names the record and the place."""
+    import random
+
+    data = EX1_BAM.read_bytes()
+    rng = random.Random(6)
+    for case in range(20):
+        bad = bytearray(data)
+        bad[rng.randrange(200, len(data) - len(BGZF_EOF))] ^= 1 << rng.randrange(8)
+        path = tmp_path / f"c{case}.bam"
+        path.write_bytes(bytes(bad))
+        out = tmp_path / f"c{case}.zarr"
+        capsys.readouterr()
+        rc = run_in_thread(["tokenize", str(path), "-o", str(out), "-q"])
+        err = capsys.readouterr().err.strip().splitlines()
+        if rc == 0:   # a flip may leave a valid file
+            assert TokenStore(out).n_reads > 0 and not err
+        else:
+            assert rc == 2 and len(err) == 1, err
+            assert re.match(rf"genossm: error: {re.escape(str(path))}: record [\d,]+, ", err[0])
+            assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if ".genossm-" in p.name]
+
+
+def test_malformed_sam_line_names_the_record_and_line(tmp_path, capsys):
+    import pysam
+
+    lines = pysam.view("-h", str(EX1_BAM)).splitlines(keepends=True)
+    header = sum(line.startswith("@") for line in lines)
+    lines[header + 1497] = "EAS56_57:6:190:289:82\t69\tchr1\n"   # record 1,498
+    p = tmp_path / "bad.sam"
+    p.write_text("".join(lines))
+    assert run_bad(tmp_path, capsys, p) == (
+        f"genossm: error: {p}: record 1,498, line {header + 1498:,}: malformed SAM line")
+
+
+@pytest.mark.parametrize("damage", ["bam header block", "sam line", "bam record", "cram cut"])
+def test_damaged_alignment_files_print_one_line_and_no_htslib_text(tmp_path, damage):
+    """As a user sees it (htslib writes to the process's stderr itself, and pysam reports a
+    file that fails to close through sys.excepthook): one line, nothing else."""
+    import pysam
+
+    data = EX1_BAM.read_bytes()
+    extra = []
+    if damage == "bam header block":
+        bad = bytearray(data)
+        bad[16] ^= 0x40   # BGZF's block size field: pysam cannot open the file
+        p = tmp_path / "bad.bam"
+        p.write_bytes(bytes(bad))
+    elif damage == "sam line":
+        lines = pysam.view("-h", str(EX1_BAM)).splitlines(keepends=True)
+        lines[1500] = lines[1500].replace("\t", " ", 3)   # htslib warns and fails
+        p = tmp_path / "bad.sam"
+        p.write_text("".join(lines))
+    elif damage == "bam record":
+        bad = bytearray(data)
+        bad[len(data) // 2] ^= 0x10
+        p = tmp_path / "bad.bam"
+        p.write_bytes(bytes(bad))
+    else:
+        ref = tmp_path / "ex1.fa"
+        ref.write_bytes((ROOT / "config/data/ex1.fa").read_bytes())
+        cram = tmp_path / "ex1.cram"
+        pysam.view("-C", "-T", str(ref), "-o", str(cram), str(EX1_BAM), catch_stdout=False)
+        p = tmp_path / "cut.cram"
+        p.write_bytes(cram.read_bytes()[: cram.stat().st_size // 2])
+        extra = ["--reference", ref]
+    proc = run_process("tokenize", p, "-o", tmp_path / "o.zarr", *extra)
+    assert proc.returncode == 2
+    place = "" if damage == "bam header block" else r"record [\d,]+"   # where it was reading
+    assert re.fullmatch(rf"genossm: error: {re.escape(str(p))}: {place}[^\n]+\n", proc.stderr), \
+        proc.stderr
+
+
+def test_no_thread_of_a_failed_run_is_left_behind(tmp_path, lambda_seq):
+    """The md5 thread and the decompression thread end with the run that failed, even while
+    its error (and so the failed run's frames) is still held, as a caller of tokenize() or
+    --debug holds it."""
+    from genossm.errors import InputError
+    from genossm.tokenize import tokenize
+
+    p = tmp_path / "bad.fa.gz"
+    p.write_bytes(gzip.compress(f">a\n{lambda_seq[:6000]}\n>b\nAC*T\n".encode()))
+    with pytest.raises(InputError, match="invalid character") as failure:
+        tokenize([p], tmp_path / "out.zarr", progress=False)
+    assert failure.value.__traceback__ is not None
+    assert not [t.name for t in threading.enumerate()
+                if t.name.startswith(("genossm-md5", "genossm-decompress"))]
 
 
 def test_region_on_unindexed_bam(tmp_path, capsys):
@@ -219,45 +413,3 @@ def test_command_line_error_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == (f"genossm: error: {bad}: record 'x', line 3, column 3: "
                            "invalid character '*' in sequence\n")
-
-
-@pytest.fixture(scope="module")
-def large_fasta(tmp_path_factory):
-    """~80 Mb of real sequence (the chr20 slice repeated), large enough to interrupt."""
-    seq = fasta_records(CHR20)[0][1]
-    path = tmp_path_factory.mktemp("large") / "large.fa"
-    lines = "\n".join(seq[i:i + 80] for i in range(0, len(seq), 80)) + "\n"
-    with open(path, "w") as fh:
-        for i in range(40):
-            fh.write(f">copy{i}\n")
-            fh.write(lines)
-    return path
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_interrupted_run_leaves_no_complete_store(tmp_path, large_fasta, sig):
-    out = tmp_path / "out.zarr"
-    proc = subprocess.Popen([*GENOSSM, "tokenize", str(large_fasta), "-o", str(out), "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    started = ".out.zarr.genossm-new.*/contigs/c000001"
-    while time.time() < deadline and not list(tmp_path.glob(started)):
-        time.sleep(0.01)
-    assert proc.poll() is None, "tokenize finished before it could be interrupted"
-    os.kill(proc.pid, sig)
-    _, err = proc.communicate(timeout=60)
-    assert not out.exists()
-    leftovers = list(tmp_path.glob(".out.zarr.genossm-*"))
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130 and err.strip().endswith("genossm: interrupted")
-        assert not leftovers
-    else:
-        assert proc.returncode == -signal.SIGKILL
-        assert leftovers
-        for tmp in leftovers:  # a killed run's temporary store is never taken for a store
-            with pytest.raises(Exception, match="incomplete or foreign store"):
-                TokenStore(tmp)
-        # the next run to write the same output recognises the dead run's temporary and
-        # removes it
-        assert main(["tokenize", str(LAMBDA), "-o", str(out), "-q"]) == 0
-        assert not list(tmp_path.glob(".out.zarr.genossm-*"))

@@ -83,6 +83,19 @@ def test_n_filter_and_loss_mask(stores):
         none[0]
 
 
+def test_an_input_error_in_a_worker_is_the_same_one_line(stores):
+    """The DataLoader raises a worker's error again in the main process, built from its type
+    and its traceback text: an InputError there is still one line, the worker's."""
+    none = WindowDataset(stores[:1], [Region("20", 0, 50_000, store=0)], 1000, num_samples=2,
+                         max_n_fraction=0.1, max_tries=20, source="t.yaml")
+    loader = torch.utils.data.DataLoader(none, batch_size=1, num_workers=1,
+                                         multiprocessing_context="fork")
+    with pytest.raises(InputError) as caught:
+        next(iter(loader))
+    assert str(caught.value) == ("t.yaml: no window with at most 10% N found in 20 draws; "
+                                 "lower seq_len or raise max_n_fraction")
+
+
 def test_reads_are_sampled_and_padded(stores):
     store = stores[1]
     ds = WindowDataset([store], [], 200, num_samples=50, seed=1, rc_augment=False)
@@ -122,8 +135,8 @@ def test_same_stream_for_any_worker_count(stores, workers):
 
 
 def test_bad_split_inputs(stores, tmp_path):
-    with pytest.raises(InputError, match="not in any store: chrX"):
-        split_regions(stores, SplitConfig(val_contigs=["chrX"]))
+    with pytest.raises(InputError, match=r"^t.yaml: split.val_contigs: chrX not in any store$"):
+        split_regions(stores, SplitConfig(val_contigs=["chrX"]), source="t.yaml")
     bed = tmp_path / "bad.bed"
     bed.write_text("20\t10\t5\n")
     with pytest.raises(InputError, match=r"bad.bed: line 1: need 0 <= start < end"):

@@ -4,6 +4,9 @@ layers, FASTA-records mode, non-causal models, and bad input."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pysam
 import pytest
@@ -185,6 +188,8 @@ def test_bidirectional_max_length(bed, tmp_path, capsys):
     ("20\t1999990\t2000010", "runs past the contig's end (2,000,000)"),
     ("20\t70000\t70100\tx\t0\t*", "strand must be +, - or ., got '*'"),
     ("20\t70100\t70000", "need 0 <= start < end"),
+    ("20\t0\t99999999999999999999999", "end 99999999999999999999999 is past any contig"),
+    ("20\t9223372036854775806\t9223372036854775807", "runs past the contig's end"),
 ])
 def test_bad_bed(causal, tmp_path, capsys, line, message):
     """A bad BED line: exit 2, one line naming the file and line, nothing written."""
@@ -199,15 +204,114 @@ def test_bad_bed(causal, tmp_path, capsys, line, message):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def one_error_line(capsys, *parts) -> None:
+    """stderr is one genossm error line, holding every one of ``parts``."""
+    err = capsys.readouterr().err
+    assert err.startswith("genossm: error: ") and err.count("\n") == 1 and \
+        all(part in err for part in parts), err
+
+
+def files(directory) -> dict:
+    return {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")
+            if p.is_file()}
+
+
 def test_existing_output_needs_force(causal, bed, tmp_path, capsys):
     _, model_dir = causal
     out = tmp_path / "e.zarr"
-    out.mkdir()
+    assert run_embed(model_dir, out, "--bed", bed, "--per-base") == 0
     assert run_embed(model_dir, out, "--bed", bed) == 2
-    assert "use --force" in capsys.readouterr().err
+    one_error_line(capsys, f"{out}: output exists; use --force to replace it")
     assert run_embed(model_dir, out, "--bed", bed, "--force") == 0
-    assert read(out)["pooled"].shape == (2, 16)
+    assert read(out)["pooled"].shape == (2, 16) and "per_base" not in read(out)
     assert [p.name for p in tmp_path.iterdir()] == ["e.zarr"]
+
+
+def test_force_replaces_only_embeddings_genossm_wrote(causal, bed, tmp_path, capsys):
+    _, model_dir = causal
+    out = tmp_path / "e.zarr"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert run_embed(model_dir, out, "--bed", bed, "--force") == 2
+    one_error_line(capsys, "exists and is a directory of 1 entry, not a genossm embeddings "
+                           "group; --force replaces only what genossm wrote")
+    (out / "notes.txt").unlink()
+    (out / "zarr.json").write_text('{"attributes": {"genossm": {"kind": "tokens"}}}')
+    assert run_embed(model_dir, out, "--bed", bed, "--force") == 2
+    one_error_line(capsys, "not a genossm embeddings group")
+    assert [p.name for p in out.iterdir()] == ["zarr.json"]
+
+
+def test_an_input_is_never_an_output_even_with_force(causal, tmp_path, capsys):
+    _, model_dir = causal
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    fasta = write_fasta(inputs / "genome.fa", [("20", sequence("20", 60_000, 62_000))])
+    bed = inputs / "regions.bed"
+    bed.write_text("20\t100\t300\n")
+    before, model_files = files(inputs), files(model_dir)
+    for out in (fasta, bed, inputs, model_dir, model_dir / "e.zarr", Path(f"{fasta}.fai")):
+        for force in ([], ["--force"]):
+            assert run_embed(model_dir, out, "--bed", bed, *force, fasta=fasta) == 2
+            one_error_line(capsys, "is an input of this run")
+    assert files(inputs) == before and files(model_dir) == model_files
+
+
+@pytest.mark.parametrize("records, culprit", [
+    ([("a", "ACGT" * 10), ("b", ""), ("c", "ACGT" * 10)], "record 2 ('b'): no sequence"),
+    ([("b", ""), ("a", "ACGT" * 10)], "record 1 ('b'): no sequence"),
+    ([("a", "ACGT" * 10), ("b desc", "ACGT"), ("a", "TTTT")],
+     "record 3 ('a'): a second record named 'a' (record 1 is the first): names must be unique"),
+])
+def test_fasta_records_that_the_index_hides_are_refused(causal, tmp_path, capsys, records,
+                                                        culprit):
+    """htslib's faidx leaves a record without sequence out of the index and keeps only the
+    first of two records of one name: embedding the FASTA's records refuses both."""
+    _, model_dir = causal
+    fasta = write_fasta(tmp_path / "genome.fa", records)
+    out = tmp_path / "e.zarr"
+    assert run_embed(model_dir, out, fasta=fasta) == 2
+    one_error_line(capsys, f"{fasta}: {culprit}")
+    assert not out.exists()
+
+
+def unwritable_dir(tmp_path) -> Path:
+    """A directory no file can be made in: /sys for root, else a read-only one."""
+    path = Path("/sys") if os.geteuid() == 0 else tmp_path / "read_only"
+    path.mkdir(mode=0o555, exist_ok=True)
+    return path
+
+
+@pytest.mark.parametrize("place", ["unwritable", "under a file"])
+def test_an_output_that_cannot_be_written_is_one_line(causal, bed, tmp_path, capsys, place):
+    _, model_dir = causal
+    (tmp_path / "file").write_text("")
+    out = (unwritable_dir(tmp_path) if place == "unwritable" else tmp_path / "file") / "e.zarr"
+    assert run_embed(model_dir, out, "--bed", bed) == 2
+    one_error_line(capsys, f"{out}: cannot write")
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["file"], ["file", "read_only"])
+
+
+def test_a_failure_half_way_leaves_the_old_output_and_no_temporary(causal, bed, tmp_path,
+                                                                  monkeypatch):
+    _, model_dir = causal
+    out = tmp_path / "e.zarr"
+    assert run_embed(model_dir, out, "--bed", bed) == 0
+    old = files(out)
+    import genossm.embed as embed_module
+    real, calls = embed_module.embed_region, []
+
+    def fail_second(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("failed half way")
+        return real(*args, **kw)
+    monkeypatch.setattr(embed_module, "embed_region", fail_second)
+    with pytest.raises(RuntimeError, match="failed half way"):
+        run_embed(model_dir, out, "--bed", bed, "--per-base", "--rc-average",
+                  "--chunk-length", 100, "--force")
+    assert len(calls) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["e.zarr"] and files(out) == old
 
 
 @pytest.mark.parametrize("has_model, fasta, extra, culprit", [
@@ -218,7 +322,8 @@ def test_existing_output_needs_force(causal, bed, tmp_path, capsys):
 def test_bad_arguments(causal, bed, tmp_path, capsys, has_model, fasta, extra, culprit):
     """A plain-gzip FASTA (not indexable), a directory that holds no model, a layer the model
     lacks: exit 2 with one line naming the culprit, nothing written."""
-    model_dir = causal[1] if has_model else tmp_path
+    model_dir = causal[1] if has_model else tmp_path / "not_a_model"
+    model_dir.mkdir(exist_ok=True)
     out = tmp_path / "e.zarr"
     assert run_embed(model_dir, out, "--bed", bed, *extra, fasta=fasta) == 2
     err = capsys.readouterr().err.strip().splitlines()

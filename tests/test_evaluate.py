@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pysam
@@ -266,3 +268,118 @@ def test_masked_lm_scored_on_masked_positions(tmp_path, store, sequences):
     check_regions(metrics, VALIDATION, model_bits, markov_bits)
     assert metrics["bits_by_position"]["windows"] == 4
     assert (tmp_path / "bits_by_position.png").read_bytes()[:8] == PNG_MAGIC
+
+
+# --- the output policy, staging and bad input ----------------------------------------------------
+
+def files(directory) -> dict:
+    return {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")
+            if p.is_file()}
+
+
+def evaluate_cli(model_dir, store, out, *args) -> int:
+    return main(["evaluate", str(model_dir), str(store), "-o", str(out), "--markov-max-order",
+                 str(MAX_ORDER), "--max-windows", "2", "-q", *map(str, args)])
+
+
+def one_error_line(capsys, *parts) -> None:
+    """stderr is one genossm error line, holding every one of ``parts``."""
+    err = capsys.readouterr().err
+    assert err.startswith("genossm: error: ") and err.count("\n") == 1 and \
+        all(part in err for part in parts), err
+
+
+def test_an_input_is_never_an_output_even_with_force(clm, store, tmp_path, capsys):
+    model_dir, _ = clm
+    bed = tmp_path / "regions.bed"
+    bed.write_text("20\t100\t200\n")
+    model_files, store_files = files(model_dir), files(store)
+    for out, extra in ((model_dir / "config.json", []), (model_dir / "metrics.json", []),
+                       (bed, ["--regions", bed]), (store / "zarr.json", []),
+                       (tmp_path / "metrics.json", ["--plots", model_dir])):
+        for force in ([], ["--force"]):
+            assert evaluate_cli(model_dir, store, out, *extra, *force) == 2
+            one_error_line(capsys, "is an input of this run")
+    assert files(model_dir) == model_files and files(store) == store_files
+    assert [p.name for p in tmp_path.iterdir()] == ["regions.bed"]
+
+
+def test_force_replaces_only_what_evaluate_wrote(clm, store, tmp_path, capsys):
+    model_dir, _ = clm
+    out = tmp_path / "metrics.json"
+    assert evaluate_cli(model_dir, store, out) == 0
+    capsys.readouterr()
+    metrics = json.loads(out.read_text())
+    assert metrics["created_by"].startswith("genossm ")
+    ours = files(tmp_path)
+    assert sorted(map(str, ours)) == ["bits_by_position.png", "metrics.json",
+                                      "training_curves.png"]
+    assert evaluate_cli(model_dir, store, out) == 2
+    one_error_line(capsys, "output exists; use --force to replace it")
+    older = {k: v for k, v in metrics.items() if k != "created_by"}   # before created_by
+    foreign = {"metrics.json": b'{"accuracy": 0.9}\n',
+               "training_curves.png": ours[Path("training_curves.png")].replace(b"genossm",
+                                                                                b"someone")}
+    for name, data in foreign.items():
+        (tmp_path / name).write_bytes(data)
+        assert evaluate_cli(model_dir, store, out, "--force") == 2
+        one_error_line(capsys, f"{name}: exists and is a file of", "genossm wrote")
+        assert (tmp_path / name).read_bytes() == data
+        (tmp_path / name).write_bytes(ours[Path(name)])
+    out.write_text(json.dumps(older))
+    assert evaluate_cli(model_dir, store, out, "--force") == 0
+    assert json.loads(out.read_text())["created_by"] == metrics["created_by"]
+
+
+@pytest.mark.parametrize("fail", ["fit_markov", "bits_by_position", "plot_bits_by_position"])
+def test_a_failure_leaves_no_plot_no_metrics_and_the_old_outputs(clm, store, tmp_path,
+                                                                 monkeypatch, fail):
+    import genossm.evaluate as evaluate_module
+    model_dir, _ = clm
+    out = tmp_path / "metrics.json"
+
+    def failing(*args, **kw):
+        raise RuntimeError("failed half way")
+    with monkeypatch.context() as m:
+        m.setattr(evaluate_module, fail, failing)
+        with pytest.raises(RuntimeError, match="failed half way"):
+            evaluate_cli(model_dir, store, out)
+    assert list(tmp_path.iterdir()) == []
+    assert evaluate_cli(model_dir, store, out) == 0
+    old = files(tmp_path)
+    monkeypatch.setattr(evaluate_module, fail, failing)
+    with pytest.raises(RuntimeError, match="failed half way"):
+        evaluate_cli(model_dir, store, out, "--force")
+    assert files(tmp_path) == old
+
+
+def unwritable_dir(tmp_path) -> Path:
+    """A directory no file can be made in: /sys for root, else a read-only one."""
+    path = Path("/sys") if os.geteuid() == 0 else tmp_path / "read_only"
+    path.mkdir(mode=0o555, exist_ok=True)
+    return path
+
+
+@pytest.mark.parametrize("option", ["-o", "--plots"])
+@pytest.mark.parametrize("place", ["unwritable", "under a file"])
+def test_an_output_that_cannot_be_written_is_one_line_before_the_work(
+        clm, store, tmp_path, capsys, monkeypatch, option, place):
+    import genossm.evaluate as evaluate_module
+    monkeypatch.setattr(evaluate_module, "fit_markov", None)   # never reached
+    (tmp_path / "file").write_text("")
+    directory = unwritable_dir(tmp_path) if place == "unwritable" else tmp_path / "file"
+    if option == "-o":
+        args = [directory / "metrics.json"]
+    else:
+        args = [tmp_path / "metrics.json", "--plots", directory / "plots"]
+    assert evaluate_cli(clm[0], store, *args) == 2
+    one_error_line(capsys, f"{directory}", "cannot write")
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["file"], ["file", "read_only"])
+
+
+def test_a_bed_end_past_64_bits_is_one_line(clm, store, tmp_path, capsys):
+    bed = tmp_path / "regions.bed"
+    bed.write_text("20\t100\t200\n20\t0\t99999999999999999999999\n")
+    assert evaluate_cli(clm[0], store, tmp_path / "metrics.json", "--regions", bed) == 2
+    one_error_line(capsys, f"{bed}: line 2: end 99999999999999999999999 is past any contig")
+    assert list(tmp_path.iterdir()) == [bed]

@@ -8,6 +8,7 @@ import csv
 import gzip
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pysam
@@ -321,11 +322,10 @@ def test_bgzipped_vcf_and_bcf_score_like_plain_vcf(causal, tmp_path):
 def test_outputs_are_renamed_into_place_with_normal_permissions(causal, tmp_path):
     _, model_dir = causal
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "scored.vcf.gz").write_bytes(b"an older run")
-    run(VCF16, model_dir, out)
+    run(VCF4, model_dir, out, plot=out / "scores.png")
+    run(VCF16, model_dir, out, plot=out / "scores.png", force=True)   # replaces a run's own
     assert sorted(p.name for p in out.iterdir()) == \
-        ["scored.tsv", "scored.vcf.gz", "scored.vcf.gz.tbi"]     # no temporaries left
+        ["scored.tsv", "scored.vcf.gz", "scored.vcf.gz.tbi", "scores.png"]  # no temporaries
     umask = os.umask(0)
     os.umask(umask)
     for path in out.iterdir():
@@ -334,7 +334,12 @@ def test_outputs_are_renamed_into_place_with_normal_permissions(causal, tmp_path
         assert len(list(vf)) == 11
 
 
-def test_error_while_scoring_leaves_old_outputs_and_no_temporaries(causal, tmp_path):
+def contents(directory) -> dict:
+    return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+def test_error_while_scoring_leaves_old_outputs_and_no_temporaries(causal, tmp_path,
+                                                                   monkeypatch):
     _, model_dir = causal
     seq = list("ACGT" * 250)
     seq[600] = "-"                                   # not a sequence letter
@@ -343,12 +348,38 @@ def test_error_while_scoring_leaves_old_outputs_and_no_temporaries(causal, tmp_p
     vcf.write_text(vcf_text(VCF16, [f"20\t100\t.\t{seq[99]}\tA,C\t50\tPASS\t.",
                                     f"20\t590\t.\t{seq[589]}\tA\t50\tPASS\t."]))
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "scored.tsv").write_text("an older run\n")
+    run(VCF4, model_dir, out, plot=out / "scores.png")
+    old = contents(out)
+    assert len(old) == 4
     with pytest.raises(InputError, match=r"bad.fa.*invalid sequence character"):
-        run(vcf, model_dir, out, fasta=fa, batch_size=2)
-    assert [p.name for p in out.iterdir()] == ["scored.tsv"]
-    assert (out / "scored.tsv").read_text() == "an older run\n"
+        run(vcf, model_dir, out, fasta=fa, batch_size=2, plot=out / "scores.png", force=True)
+    assert contents(out) == old
+
+    # a failure at any later point (the second batch, the index, the plot): the same
+    from genossm.score import command
+    real_score = command.Scorer.score
+    calls = []
+
+    def fail_second_batch(self, batch):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise RuntimeError("failed half way")
+        real_score(self, batch)
+
+    def fail(*args, **kw):
+        calls.append(args)
+        raise RuntimeError("failed half way")
+
+    for target, name, replacement in ((command.Scorer, "score", fail_second_batch),
+                                      (command.pysam, "tabix_index", fail),
+                                      (command, "plot_score_distributions", fail)):
+        calls.clear()
+        with monkeypatch.context() as m:
+            m.setattr(target, name, replacement)
+            with pytest.raises(RuntimeError, match="failed half way"):
+                run(VCF16, model_dir, out, plot=out / "scores.png", force=True, batch_size=4)
+        assert calls, name
+        assert contents(out) == old, name
 
 
 def test_output_that_cannot_be_written_is_an_input_error(causal, tmp_path):
@@ -414,7 +445,7 @@ def bad_inputs(tmp_path, fasta):
     return [  # (what, kwargs, message pattern)
         ("unsorted", dict(vcf=unsorted), r"record 2 \(line \d+\).*not sorted"),
         ("contig twice", dict(vcf=regrouped), r"record 3.*contig 20 appears again"),
-        ("malformed", dict(vcf=malformed), r"line \d+.*malformed"),
+        ("malformed", dict(vcf=malformed), r"line \d+\): POS must be a number, got 'abc'"),
         ("not a VCF", dict(vcf=CHR20), r"not a readable VCF"),
         ("missing VCF", dict(vcf=tmp_path / "nope.vcf"), r"no such file"),
         ("scored before", dict(vcf=scored), r"already has GENOSSM_LLR"),
@@ -452,3 +483,123 @@ def test_cli_prints_summary_and_exits_2_on_bad_input(causal, tmp_path, capsys):
     assert main([*argv, "--batch-size", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("genossm: error:") and "--batch-size" in err and "\n" not in err
+
+
+def test_plain_gzip_vcf_scores_like_the_bgzipped_copy(causal, tmp_path):
+    _, model_dir = causal
+    bgzipped, plain_gzip = tmp_path / "bgzf.vcf.gz", tmp_path / "gzip.vcf.gz"
+    pysam.tabix_compress(str(VCF16), str(bgzipped))
+    plain_gzip.write_bytes(gzip.compress(VCF16.read_bytes()))
+    _, from_bgzf = run(bgzipped, model_dir, tmp_path / "bgzf")
+    _, from_gzip = run(plain_gzip, model_dir, tmp_path / "gzip")
+    assert from_gzip == from_bgzf and len(from_gzip) == 21
+    with pysam.VariantFile(str(tmp_path / "bgzf" / "scored.vcf.gz")) as a, \
+            pysam.VariantFile(str(tmp_path / "gzip" / "scored.vcf.gz")) as b:
+        assert [str(r) for r in a] == [str(r) for r in b]
+
+
+# --- the output policy, and bad input through the command line ---------------------------------
+
+def score_cli(model_dir, vcf, *args) -> int:
+    return main(["score", str(vcf), "--fasta", str(CHR20), "--model", str(model_dir),
+                 "--window", "32", "-q", "--threads", "1", "--device", "cpu", *map(str, args)])
+
+
+def one_error_line(capsys, *parts) -> None:
+    """stderr is one genossm error line, holding every one of ``parts``."""
+    err = capsys.readouterr().err
+    assert err.startswith("genossm: error: ") and err.count("\n") == 1 and \
+        all(part in err for part in parts), err
+
+
+def unwritable_dir(tmp_path) -> Path:
+    """A directory no file can be made in: /sys for root, else a read-only one."""
+    path = Path("/sys") if os.geteuid() == 0 else tmp_path / "read_only"
+    path.mkdir(mode=0o555, exist_ok=True)
+    return path
+
+
+def test_an_input_is_never_an_output_even_with_force(causal, tmp_path, capsys):
+    _, model_dir = causal
+    vcf = tmp_path / "in.vcf.gz"
+    pysam.tabix_compress(str(VCF16), str(vcf))
+    pysam.tabix_index(str(vcf), preset="vcf")
+    chrom_map = tmp_path / "chroms.tsv"        # the default table of -o chroms.vcf.gz
+    chrom_map.write_text("20\t20\n")
+    before = contents(tmp_path)
+    config = model_dir / "config.json"
+    model_files = contents(model_dir)
+    out = tmp_path / "s.vcf.gz"
+    for args in (["-o", vcf], ["-o", out, "--table", vcf], ["-o", out, "--table", f"{vcf}.tbi"],
+                 ["-o", tmp_path / "chroms.vcf.gz", "--chrom-map", chrom_map],
+                 ["-o", out, "--plot", config], ["-o", model_dir / "s.vcf.gz"]):
+        for force in ([], ["--force"]):
+            assert score_cli(model_dir, vcf, *args, *force) == 2
+            one_error_line(capsys, "is an input of this run")
+    assert contents(tmp_path) == before and contents(model_dir) == model_files
+
+
+def test_force_replaces_only_what_score_wrote(causal, tmp_path, capsys):
+    _, model_dir = causal
+    out = tmp_path / "s.vcf.gz"
+    args = ["-o", out, "--plot", tmp_path / "s.png"]
+    assert score_cli(model_dir, VCF16, *args) == 0
+    capsys.readouterr()
+    ours = contents(tmp_path)
+    assert sorted(ours) == ["s.png", "s.tsv", "s.vcf.gz", "s.vcf.gz.tbi"]
+    assert score_cli(model_dir, VCF16, *args) == 2
+    one_error_line(capsys, "output exists; use --force to replace it")
+
+    other = tmp_path / "other.vcf.gz"             # a bgzipped VCF genossm did not write
+    pysam.tabix_compress(str(VCF16), str(other))
+    foreign = {"s.vcf.gz": other.read_bytes(), "s.vcf.gz.tbi": gzip.compress(b"TBI\x02"),
+               "s.tsv": b"chrom\tpos\n", "s.png": ours["s.png"].replace(b"genossm", b"someone")}
+    for name, data in foreign.items():
+        (tmp_path / name).write_bytes(data)
+        assert score_cli(model_dir, VCF16, *args, "--force") == 2
+        one_error_line(capsys, f"{name}: exists and is a file of", "genossm wrote")
+        assert (tmp_path / name).read_bytes() == data
+        (tmp_path / name).write_bytes(ours[name])
+    (tmp_path / "s.tsv").unlink()
+    (tmp_path / "s.tsv").mkdir()
+    assert score_cli(model_dir, VCF16, *args, "--force") == 2
+    one_error_line(capsys, "s.tsv: exists and is a directory of 0 entries")
+    (tmp_path / "s.tsv").rmdir()
+    assert score_cli(model_dir, VCF4, *args, "--force") == 0
+    assert sorted(contents(tmp_path)) == sorted([*ours, "other.vcf.gz"])
+    assert len(read_table(tmp_path / "s.tsv")) == 16            # VCF4's, in place of VCF16's
+
+
+def test_bad_input_through_the_command_line_is_one_line(causal, tmp_path, capsys):
+    _, model_dir = causal
+    lines = body(VCF16)
+    cases = []
+    for pos, shown in (("12x3", "'12x3'"), ("", "''")):
+        fields = lines[2].split("\t")
+        fields[1] = pos
+        vcf = tmp_path / f"pos_{pos or 'empty'}.vcf"
+        vcf.write_text(vcf_text(VCF16, [*lines[:2], "\t".join(fields), *lines[3:]]))
+        line = VCF16.read_text().count("\n#") + 1 + 3        # after the header lines
+        cases.append(([vcf], f"{vcf}: record 3 (line {line}): POS must be a number, got {shown}"))
+    cases.append(([VCF16, "--window", 1_000_000_000],
+                  "--window must be at most 1,048,576 (2^20), got 1,000,000,000"))
+    cases.append(([VCF16, "--table", tmp_path / "s.vcf.gz"], "is both the scored VCF (-o)"))
+    for args, message in cases:
+        assert score_cli(model_dir, *args, "-o", tmp_path / "s.vcf.gz") == 2
+        one_error_line(capsys, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pos_12x3.vcf", "pos_empty.vcf"]
+
+
+@pytest.mark.parametrize("option", ["-o", "--table", "--plot"])
+@pytest.mark.parametrize("place", ["unwritable", "under a file", "missing in unwritable"])
+def test_an_output_that_cannot_be_written_is_one_line(causal, tmp_path, capsys, option, place):
+    _, model_dir = causal
+    (tmp_path / "file").write_text("")
+    directory = {"unwritable": unwritable_dir(tmp_path), "under a file": tmp_path / "file",
+                 "missing in unwritable": unwritable_dir(tmp_path) / "missing"}[place]
+    name = {"-o": "s.vcf.gz", "--table": "s.tsv", "--plot": "s.png"}[option]
+    args = {"-o": tmp_path / "s.vcf.gz", "--table": tmp_path / "s.tsv"}
+    args[option] = directory / name
+    assert score_cli(model_dir, VCF16, *[x for kv in args.items() for x in kv]) == 2
+    one_error_line(capsys, f"{directory / name}", "cannot write")
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["file"], ["file", "read_only"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pysam
@@ -124,9 +126,81 @@ def test_fastq_reads_match_pysam(tmp_path, fastq):
 
 def test_truncated_fastq_is_an_error(tmp_path, fastq, capsys):
     text = fastq.read_text()
-    fastq.write_text(text[: text.index("\n+\n", len(text) // 2) + 5])
+    cut = text.index("\n+\n", len(text) // 2) + 5
+    fastq.write_text(text[:cut])
+    lines = text[:cut].splitlines()
     out = tmp_path / "o.zarr"
     assert main(["tokenize", str(fastq), "-o", str(out), "-q"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"genossm: error: {fastq}: record ") and "FASTQ" in err
+    assert capsys.readouterr().err == (
+        f"genossm: error: {fastq}: read '{lines[-4][1:]}' (record {len(lines) // 4:,}, line "
+        f"{len(lines) - 3:,}): quality string has 2 characters, sequence has {len(lines[-3])}\n")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("last,what", [
+    ("@r\nACGTA\n+\nIII\n", "quality string has 3 characters, sequence has 5"),
+    ("@r\nACGTA\n+\nIIIIII\n", "quality string has 6 characters, sequence has 5"),
+    ("@r\nACGTA\nIIIII\n", "no '+' line or quality string after the sequence"),
+    ("@r\nACGTA\n", "no '+' line or quality string after the sequence"),
+    ("@r\nACGTA\n+\n", "no quality string after the '+' line"),
+    ("@r\n", "a header line alone: no sequence, '+' line or quality string"),
+    (">r\nACGTA\n", "a FASTA record ('>' header) in a FASTQ file"),
+], ids=["short-quality", "long-quality", "no-plus", "no-plus-at-end", "no-quality",
+        "header-alone", "fasta-record"])
+@pytest.mark.parametrize("at_end", [True, False], ids=["last", "middle"])
+def test_malformed_fastq_record_names_the_read_and_line(tmp_path, fastq, capsys, last, what,
+                                                        at_end):
+    """htslib accepts some of these (a record without '+' is FASTA to it) and words the rest
+    as 'truncated quality string': each is one line naming the read, record and line."""
+    text = fastq.read_text()
+    n = text.count("\n") // 4
+    fastq.write_text(text + last + ("" if at_end else text))
+    out = tmp_path / "o.zarr"
+    assert main(["tokenize", str(fastq), "-o", str(out), "-q"]) == 2
+    if at_end and "'+' line" in what and "quality string has" not in what:
+        what += " (truncated file?)"
+    assert capsys.readouterr().err == (
+        f"genossm: error: {fastq}: read 'r' (record {n + 1:,}, line {4 * n + 1:,}): {what}\n")
+    assert not out.exists()
+
+
+def test_empty_fastq_records_are_reads_of_length_zero(tmp_path, fastq):
+    """An empty record ('+' and an empty quality line) is valid FASTQ: dropped by length."""
+    text = fastq.read_text()
+    fastq.write_text("@e1\n\n+\n\n" + text + "@e2\n\n+\n\n")
+    out = tmp_path / "o.zarr"
+    assert main(["tokenize", str(fastq), "-o", str(out), "-q"]) == 0
+    assert TokenStore(out).n_reads == 300
+    assert TokenStore(out).meta["sources"][0]["dropped"] == {"length": 2}
+
+
+def test_corrupt_gzip_fastq_blames_the_gzip(tmp_path, fastq, capsys):
+    """htslib decodes damaged deflate data before it reads the checksum, and fails on the
+    text it gets: the error names the gzip fault."""
+    import gzip
+
+    data = bytearray(gzip.compress(fastq.read_bytes(), compresslevel=0))
+    data[len(data) // 2] = ord("!")
+    p = tmp_path / "bad.fq.gz"
+    p.write_bytes(bytes(data))
+    assert main(["tokenize", str(p), "-o", str(tmp_path / "o.zarr"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"genossm: error: {p}: compressed bytes 1-")
+    assert err.endswith(": corrupt gzip data: a block fails its checksum (incorrect data check)\n")
+
+
+def test_cram_success_prints_no_htslib_messages(tmp_path):
+    """Reading a CRAM without a .crai, htslib reports the missing index on stderr: only
+    genossm's own summary is printed, and htslib's verbosity is restored after."""
+    ref = tmp_path / "ex1.fa"
+    shutil.copy(EX1_FA, ref)
+    cram = tmp_path / "ex1.cram"
+    pysam.view("-C", "-T", str(ref), "-o", str(cram), str(EX1_BAM), catch_stdout=False)
+    out = tmp_path / "o.zarr"
+    proc = subprocess.run([sys.executable, "-m", "genossm", "tokenize", str(cram), "-o",
+                           str(out), "--reference", str(ref)], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.startswith(f"genossm tokenize: wrote {out}: ")
+    before = pysam.get_verbosity()
+    tokenize_reads(tmp_path, cram, "--reference", ref, name="again.zarr")
+    assert pysam.get_verbosity() == before

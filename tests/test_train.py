@@ -240,7 +240,11 @@ def test_cli_refusals(stores, tmp_path, capsys):
     out.mkdir()
     (out / "something").write_text("x")
     assert main(["train", str(stores["lambda"]), "-o", str(out), "--max-steps", "1"]) == 2
-    assert "use --resume" in capsys.readouterr().err
+    assert "output exists; use --force" in capsys.readouterr().err
+    assert main(["train", str(stores["lambda"]), "-o", str(out), "--max-steps", "1",
+                 "--force"]) == 2                        # --force replaces only a model directory
+    assert "not a genossm model directory" in capsys.readouterr().err
+    assert (out / "something").exists()
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {d_model: 32}\nlearning_rate: 0.1\n")
     assert main(["train", str(stores["lambda"]), "-o", str(tmp_path / "n"), "--config",

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from genossm.errors import InputError
-from genossm.fileio import StagedOutputs, atomic_write, recover
+from genossm.fileio import OutputKind, StagedOutputs, atomic_write, recover
 from genossm.model.io import CONFIG_NAME, load_model, read_model_info, save_model
 from genossm.model.lm import GenoSSM
 from genossm.regions import Region
@@ -32,6 +32,23 @@ METRICS_NAME = "metrics.jsonl"
 NOT_TRAINED = ("no usable 'training' section (stores, seq_len >= 2, split.train, "
                "split.validation): was it made by genossm train?")
 SPLIT_KINDS = ("train", "validation")
+# What train_state.pt holds, each with its type.
+TRAIN_STATE_KEYS = {"step": int, "tokens": int, "elapsed_s": (int, float),
+                    "rng_torch": torch.Tensor, "optimizer": dict}
+
+
+def is_model_dir(path) -> bool:
+    """Whether ``path`` is a model directory genossm wrote: its config.json is a JSON object
+    with "format", "genossm_version" and "model"."""
+    try:
+        info = json.loads((Path(path) / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and all(k in info for k in ("format", "genossm_version",
+                                                                "model"))
+
+
+MODEL_DIR = OutputKind("a genossm model directory", is_model_dir)
 
 
 def _interval(iv) -> Region:
@@ -141,7 +158,12 @@ class ModelDir:
         return read_model_info(self.path)
 
     def load_model(self, device="cpu", **overrides) -> GenoSSM:
-        return load_model(self.path, device, **overrides)
+        """The model (genossm.model.io.load_model); a missing, cut short or corrupt config or
+        weights file is one InputError naming it."""
+        try:
+            return load_model(self.path, device, **overrides)
+        except (FileNotFoundError, ValueError) as e:
+            raise InputError(None, str(e)) from None
 
     def save_model(self, model: GenoSSM, extra: dict | None = None) -> None:
         save_model(model, self.path, extra=extra)
@@ -212,17 +234,29 @@ class ModelDir:
             os.close(fd)
 
     def read_train_state(self, device) -> dict:
+        """train_state.pt, checked: a missing, cut short or corrupt file, or one without what
+        a training state holds (TRAIN_STATE_KEYS), is one InputError naming it."""
         path = self.path / TRAIN_STATE_NAME
         if not path.is_file():
             raise InputError(self.path, f"cannot resume: no {TRAIN_STATE_NAME}")
-        return torch.load(path, map_location=device, weights_only=True)
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as e:   # damaged bytes fail torch's unpickler in many ways
+            raise InputError(path, "not a whole training state; cut short or corrupt "
+                                   f"({type(e).__name__})") from None
+        wrong = [k for k, kind in TRAIN_STATE_KEYS.items()
+                 if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
+        if wrong:
+            raise InputError(path, f"not a training state written by genossm train (no valid "
+                                   f"{', '.join(wrong)})")
+        return state
 
     def read_checkpoint(self, device) -> Checkpoint:
         """The training section, train state and metrics up to the checkpoint's step."""
         try:
             info = self.info()
         except (FileNotFoundError, ValueError) as e:
-            raise InputError(self.path, f"cannot resume: {e}") from None
+            raise InputError(None, str(e)) from None
         training = TrainingInfo.from_json(info.get("training"), self.config_path)
         state = self.read_train_state(device)
         # lines logged after the checkpoint will be logged again

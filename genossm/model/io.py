@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import genossm
@@ -68,7 +69,11 @@ def read_model_info(directory) -> dict:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise ValueError(f"{path}: not valid JSON ({e}); cut short or corrupt?") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not JSON text (not UTF-8); corrupt?") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
     if not isinstance(info, dict) or "model" not in info:
         raise ValueError(f"{path}: no 'model' section")
     if info.get("format") != FORMAT:
@@ -93,7 +98,11 @@ def load_model(directory, device="cpu", **overrides) -> GenoSSM:
     weights_path = directory / WEIGHTS_NAME
     if not weights_path.is_file():
         raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME}")
-    tensors = load_file(str(weights_path), device=str(device))
+    try:
+        tensors = load_file(str(weights_path), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{weights_path}: not a whole safetensors file; cut short or corrupt "
+                         f"({e})") from None
     for alias, source in TIED.items():
         if source in tensors:
             tensors[alias] = tensors[source]

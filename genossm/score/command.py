@@ -1,8 +1,10 @@
 """``genossm score``, the command: options checked, inputs opened, records annotated, scored a
 batch at a time and written in order, then the VCF indexed and, if asked, the scores plotted.
 
-Outputs are staged (fileio.StagedOutputs) and renamed into place only when all are complete:
-the table, the plot, the tabix index, and last the VCF, whose presence marks a finished run.
+Outputs are claimed first (fileio.claim_outputs: never an input of the run, replaced only with
+``force`` and only when genossm wrote them), then staged (fileio.StagedOutputs) and renamed
+into place only when all are complete: the table, the plot, the tabix index, and last the VCF,
+whose presence marks a finished run.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import pysam
 from tqdm import tqdm
 
 from genossm.errors import InputError
-from genossm.fileio import StagedOutputs
-from genossm.plots import plot_score_distributions
-from genossm.reference import Reference
+from genossm.fileio import StagedOutputs, claim_outputs
+from genossm.plots import PLOT, plot_score_distributions
+from genossm.reference import Reference, reference_files
 from genossm.runtime import open_model
 from genossm.score.haplotypes import Annotator
 from genossm.score.output import (
+    SCORE_TABLE,
+    SCORED_VCF,
+    SCORED_VCF_INDEX,
     TABLE_COLUMNS,
     annotated_line,
     default_table_path,
@@ -40,19 +45,30 @@ from genossm.score.variants import (
 
 DEFAULT_WINDOW = 4096
 DEFAULT_BATCH_SIZE = 32
+# Every window of a batch is held whole (flanks, tokens, and for a non-causal model its hidden
+# states): 2^20 bases takes a megabase of context and keeps a batch within reach of memory.
+MAX_WINDOW = 1 << 20
 RENAMES = ("add-chr", "strip-chr")
 
 
 def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAULT_WINDOW,
               batch_size: int = DEFAULT_BATCH_SIZE, device="auto",
               rename_chroms: str | None = None, chrom_map=None, prefix_reuse: bool = True,
-              progress: bool = True, piece_length: int | None = None, plot=None) -> dict:
+              progress: bool = True, piece_length: int | None = None, plot=None,
+              force: bool = False) -> dict:
     """Score every record of ``vcf`` (genossm.score) and write ``output`` (bgzipped VCF +
     .tbi) and ``table`` (TSV; default beside the output), and with ``plot`` a PNG of the score
-    distributions. Returns the summary that format_summary prints."""
+    distributions; ``force`` replaces outputs an earlier run wrote. Returns the summary that
+    format_summary prints."""
     output, model_dir = Path(output), Path(model_dir)
     table = Path(table) if table is not None else default_table_path(output)
     _check_options(output, window, batch_size, rename_chroms, chrom_map)
+    index = Path(f"{output}.tbi")
+    _check_distinct({"the scored VCF (-o)": output, "its index (-o + .tbi)": index,
+                     "the table (--table)": table, "the plot (--plot)": plot})
+    claim_outputs([(output, SCORED_VCF), (index, SCORED_VCF_INDEX), (table, SCORE_TABLE)]
+                  + ([] if plot is None else [(Path(plot), PLOT)]),
+                  inputs=[vcf, *reference_files(fasta), model_dir, chrom_map], force=force)
     source = VariantSource(vcf)
     with Reference(fasta) as reference:
         resolver = ContigResolver(reference.lengths, rename_chroms,
@@ -69,10 +85,10 @@ def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAUL
                   source.header_lines[-1]]
         annotate = Annotator(reference, resolver, window=window, causal_lm=scorer.causal_lm)
         with StagedOutputs() as staged:
-            staged_table = _stage(staged, table)
-            staged_plot = None if plot is None else _stage(staged, plot)
-            staged_index = _stage(staged, f"{output}.tbi")
-            staged_vcf = _stage(staged, output)   # last: renamed into place last
+            staged_table = staged.file(table)
+            staged_plot = None if plot is None else staged.file(plot)
+            staged_index = staged.file(index)
+            staged_vcf = staged.file(output)   # last: renamed into place last
             with tqdm(total=n_records, unit=" records", desc="score",
                       disable=not progress) as bar:
                 tally = _write(map(annotate, source), scorer, header, staged_vcf, staged_table,
@@ -98,12 +114,29 @@ def _check_options(output: Path, window: int, batch_size: int, rename_chroms, ch
         raise InputError(output, "the output is bgzipped and tabix-indexed: name it .vcf.gz")
     if window < 2:
         raise InputError(None, f"--window must be at least 2, got {window}")
+    if window > MAX_WINDOW:
+        raise InputError(None, f"--window must be at most {MAX_WINDOW:,} (2^20), got "
+                               f"{window:,}: the scorer holds every window of a batch whole "
+                               "(longer left context is for a later --left-context option)")
     if batch_size < 1:
         raise InputError(None, f"--batch-size must be at least 1, got {batch_size}")
     if rename_chroms is not None and rename_chroms not in RENAMES:
         raise InputError(None, f"--rename-chroms must be one of {', '.join(RENAMES)}")
     if rename_chroms and chrom_map:
         raise InputError(None, "give --rename-chroms or --chrom-map, not both")
+
+
+def _check_distinct(outputs: dict[str, Path | None]) -> None:
+    """No two outputs (by role) at one path: the later would replace the earlier."""
+    seen: dict[Path, str] = {}
+    for role, path in outputs.items():
+        if path is None:
+            continue
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise InputError(path, f"is both {seen[resolved]} and {role}; give each output "
+                                   "its own path")
+        seen[resolved] = role
 
 
 @dataclass
@@ -142,14 +175,3 @@ def _write(records: Iterable[Record], scorer: Scorer, header: list[bytes], vcf_p
                 tally.add(record)
             bar.update(len(batch))
     return tally
-
-
-def _stage(staged: StagedOutputs, output) -> Path:
-    """The temporary path of ``output``, created empty: an output that cannot be written is
-    an InputError before any work (and pysam's BGZFile crashes on a path it cannot create)."""
-    try:
-        tmp = staged.path(output)
-        open(tmp, "wb").close()
-    except OSError as e:
-        raise InputError(output, f"cannot write ({e.strerror or e})") from None
-    return tmp

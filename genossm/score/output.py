@@ -3,18 +3,71 @@ header lines that describe them, the table rows, and the one-line summary.
 
 Every input record is written out, in order, with its text untouched apart from the added INFO
 entries; ALTs that cannot be scored get '.' and a ``GENOSSM_STATUS`` saying why (STATUSES).
+
+Each output has its ``OutputKind`` (fileio.claim_outputs: what ``--force`` may replace): the
+scored VCF, by the ``##genossm_score`` line of its header; its tabix index, by the tabix magic
+and a scored VCF (or none) beside it; the table, by its header row.
 """
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from genossm import __version__
+from genossm.fileio import OutputKind
 from genossm.score.variants import SCORED, STATUSES, Record
 
 TABLE_COLUMNS = ("chrom", "pos", "id", "ref", "alt", "record", "alt_index", "llr",
                  "cosine_distance", "l2_distance", "status")
+SCORE_HEADER = b"##genossm_score="
+TABIX_MAGIC = b"TBI\x01"
+_UNREADABLE = (OSError, EOFError, zlib.error)   # gzip.BadGzipFile is an OSError
+
+
+def is_scored_vcf(path) -> bool:
+    """Whether ``path`` is a VCF that genossm score wrote: gzip-compressed, its header holding
+    a ``##genossm_score`` line."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            for line in iter(lambda: fh.readline(1 << 20), b""):
+                if line.startswith(SCORE_HEADER):
+                    return True
+                if not line.startswith(b"##"):
+                    return False
+    except _UNREADABLE:
+        return False
+    return False
+
+
+def is_scored_vcf_index(path) -> bool:
+    """Whether ``path`` is the tabix index of a VCF that genossm score wrote: tabix's magic, and
+    beside it that VCF (or none: a run stopped between its renames)."""
+    path = Path(path)
+    vcf = path.with_name(path.name.removesuffix(".tbi"))
+    try:
+        with gzip.open(path, "rb") as fh:
+            magic = fh.read(len(TABIX_MAGIC))
+    except _UNREADABLE:
+        return False
+    return magic == TABIX_MAGIC and (not vcf.exists() or is_scored_vcf(vcf))
+
+
+def is_score_table(path) -> bool:
+    """Whether ``path`` is a table that genossm score wrote: its first line is TABLE_COLUMNS."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(4096)
+    except OSError:
+        return False
+    return first.rstrip(b"\r\n") == "\t".join(TABLE_COLUMNS).encode()
+
+
+SCORED_VCF = OutputKind("a VCF scored by genossm", is_scored_vcf)
+SCORED_VCF_INDEX = OutputKind("the tabix index of a VCF scored by genossm", is_scored_vcf_index)
+SCORE_TABLE = OutputKind("a genossm score table", is_score_table)
 
 
 def default_table_path(output: Path) -> Path:
@@ -85,7 +138,7 @@ def score_header_lines(model_dir: Path, config, *, window: int, prefix_reuse: bo
     ]
     out = [f'##INFO=<ID={i},Number=A,Type={t},Description="{d}">'.encode()
            for i, t, d in lines]
-    out.append(f"##genossm_score=version {__version__}; model {model_dir}; window {window}; "
+    out.append(SCORE_HEADER + f"version {__version__}; model {model_dir}; window {window}; "
                f"prefix_reuse {str(prefix_reuse).lower()}; rc_average {str(rc_average).lower()}; "
                f"contig names {renaming}".encode())
     return out

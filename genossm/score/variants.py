@@ -10,10 +10,12 @@ can read (``allele_status``); the annotator (haplotypes.py) may then set another
 from __future__ import annotations
 
 import gzip
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pysam
@@ -153,12 +155,53 @@ def quiet_htslib():
 
 
 def _open_variants(path: Path) -> pysam.VariantFile:
+    """The VCF/BCF opened as a stream: htslib reads plain, gzip and BGZF compressed files
+    alike that way (opened by name, a plain-gzip VCF fails on the offset pysam asks for)."""
     if not path.is_file():
         raise InputError(path, "no such file")
     try:
-        return pysam.VariantFile(str(path))
+        with open(path, "rb") as fh:
+            return pysam.VariantFile(fh)   # htslib reads a copy of the descriptor
     except (OSError, ValueError) as e:
         raise InputError(path, f"not a readable VCF or BCF ({e})") from None
+
+
+class _Site(NamedTuple):
+    """What genossm reads of a record htslib parsed."""
+    chrom: str
+    pos: int
+    id: str
+    ref: str
+    alts: tuple[str, ...]
+
+
+def _site(record: pysam.VariantRecord) -> _Site | None:
+    """The record's fields as Python values; None when they are not UTF-8 text."""
+    try:
+        return _Site(record.chrom, record.pos, record.id or ".", record.ref or "",
+                     tuple(record.alts or ()))
+    except UnicodeDecodeError:
+        return None
+
+
+def _same_site(line: bytes, site: _Site) -> bool:
+    """Whether the text line holds the record's CHROM and POS."""
+    fields = line.split(b"\t", 2)
+    return (len(fields) == 3 and fields[0] == site.chrom.encode() and fields[1].isdigit()
+            and int(fields[1]) == site.pos)
+
+
+def _malformed(line: bytes | None) -> str | None:
+    """What is wrong with a record's text line that htslib could not parse, where a check
+    here can say (htslib's own reason goes to its log, not to pysam's exception)."""
+    if line is None:
+        return None
+    fields = line.split(b"\t")
+    if len(fields) < 8:
+        return f"a record needs at least 8 tab-separated columns, this line has {len(fields)}"
+    if not fields[1].isdigit():
+        return f"POS must be a number, got {fields[1].decode('latin-1')!r}"
+    return None
 
 
 class VariantSource:
@@ -169,18 +212,22 @@ class VariantSource:
         self.path = Path(path)
         with quiet_htslib():
             vf = _open_variants(self.path)
-        self.is_bcf = vf.format == "BCF"
-        if self.is_bcf:
-            self.header_lines = str(vf.header).encode().splitlines()
-        else:
-            self.header_lines = []
-            with self._text() as fh:
-                for line in fh:
-                    self.header_lines.append(line.rstrip(b"\r\n"))
-                    if line.startswith(b"#CHROM"):
-                        break
-        info = {r.get("ID") for r in vf.header.records if r.key == "INFO"}
-        vf.close()
+        try:
+            self.is_bcf = vf.format == "BCF"
+            if self.is_bcf:
+                self.header_lines = str(vf.header).encode().splitlines()
+            else:
+                self.header_lines = []
+                with self._text() as fh:
+                    for line in fh:
+                        self.header_lines.append(line.rstrip(b"\r\n"))
+                        if line.startswith(b"#CHROM"):
+                            break
+            info = {r.get("ID") for r in vf.header.records if r.key == "INFO"}
+        except UnicodeDecodeError:
+            raise InputError(self.path, "the header is not UTF-8 text") from None
+        finally:
+            vf.close()
         if not self.header_lines or not self.header_lines[-1].startswith(b"#CHROM"):
             raise InputError(self.path, "no #CHROM header line")
         clash = [i for i in INFO_IDS if i in info]
@@ -198,30 +245,44 @@ class VariantSource:
             return f"record {number}"
         return f"record {number} (line {len(self.header_lines) + number})"
 
-    def _records(self) -> Iterator[pysam.VariantRecord]:
-        """pysam's records; a record it cannot parse is an InputError naming its place."""
+    def _records(self) -> Iterator[tuple[int, _Site, bytes]]:
+        """(number, the record's fields, its text line) of every record, the text read alongside
+        the records; a record htslib cannot parse, or whose line is not the one htslib read,
+        is an InputError naming its place."""
+        lines = iter(()) if self.is_bcf else self._text_body()
         with quiet_htslib():
             vf = _open_variants(self.path)
-            it = iter(vf)
-            number = 0
-            while True:
-                number += 1
-                try:
-                    record = next(it)
-                except StopIteration:
-                    break
-                except (OSError, ValueError) as e:
-                    raise InputError(self.path, f"malformed record ({e})",
-                                     place=self._place(number)) from None
-                yield record
-            vf.close()
+            try:
+                records = iter(vf)
+                for number in itertools.count(1):
+                    line = None if self.is_bcf else next(lines, b"")
+                    try:
+                        record = next(records)
+                    except StopIteration:
+                        break
+                    except (OSError, ValueError) as e:
+                        raise InputError(self.path, _malformed(line) or f"malformed record ({e})",
+                                         place=self._place(number)) from None
+                    site = _site(record)
+                    if site is None:
+                        raise InputError(self.path, "CHROM, ID, REF or ALT is not UTF-8 text",
+                                         place=self._place(number))
+                    if self.is_bcf:
+                        line = str(record).encode().rstrip(b"\n")
+                    elif not _same_site(line, site):
+                        raise InputError(self.path, _malformed(line) or
+                                         "the text line does not match the record htslib read "
+                                         "(blank or stray lines?)", place=self._place(number))
+                    yield number, site, line
+            finally:
+                vf.close()
 
     def check(self) -> int:
         """Parse every record and check the order tabix needs (each contig in one block,
         positions not decreasing); returns the number of records."""
         seen: set[str] = set()
         chrom, pos, number = None, 0, 0
-        for number, record in enumerate(self._records(), 1):
+        for number, record, _ in self._records():
             if record.chrom != chrom:
                 if record.chrom in seen:
                     raise InputError(self.path, f"not sorted: contig {record.chrom} appears "
@@ -237,15 +298,8 @@ class VariantSource:
         return number
 
     def __iter__(self) -> Iterator[Record]:
-        lines = iter(()) if self.is_bcf else self._text_body()
-        for number, rec in enumerate(self._records(), 1):
-            line = str(rec).encode().rstrip(b"\n") if self.is_bcf else next(lines, b"")
-            if not line.startswith(f"{rec.chrom}\t{rec.pos}\t".encode()):
-                raise InputError(self.path, "the text line does not match the record htslib "
-                                            "read (blank or stray lines?)",
-                                 place=self._place(number))
-            yield Record(number, line, rec.chrom, rec.pos, rec.id or ".", rec.ref or "",
-                         tuple(rec.alts or ()))
+        for number, site, line in self._records():
+            yield Record(number, line, *site)
 
     def _text_body(self) -> Iterator[bytes]:
         with self._text() as fh:

@@ -36,7 +36,8 @@ def tokenize(inputs: list[Path], output: Path, *, force: bool = False,
     sources = []
     with zarr.config.set({"threading.max_workers": max(1, threads),
                           "async.concurrency": max(1, 2 * threads)}), \
-            StoreWriter(output, force=force, chunk_size=chunk_size, threads=threads) as store:
+            StoreWriter(output, inputs=inputs + [reference], force=force,
+                        chunk_size=chunk_size, threads=threads) as store:
         for path, fmt in zip(inputs, formats, strict=True):
             if fmt == "fasta":
                 summary = tokenize_fasta(path, store, progress=progress)

@@ -14,6 +14,7 @@ import queue
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,10 +52,9 @@ def sniff_format(path: Path) -> str:
         return "cram"
     if head[:2] == GZIP_MAGIC:
         try:
-            with open(path, "rb") as raw:
-                head = _open_decompressed(raw).read(4)
-        except _DECOMPRESS_ERRORS:
-            raise InputError(path, "truncated or corrupt gzip data at the start") from None
+            head = _gzip_head(path)
+        except _DECOMPRESS_ERRORS as e:
+            raise decompress_error(path, e) from None
         if head == b"BAM\x01":
             return "bam"
         if not head:
@@ -64,6 +64,17 @@ def sniff_format(path: Path) -> str:
     if head[:1] == b"@":
         return "fastq"
     return "fasta"
+
+
+def _gzip_head(path: Path) -> bytes:
+    """The first 4 bytes of a gzip file's content. Only what they need is decoded: damage
+    further on is for the format's reader to find, and to report with its place."""
+    with open(path, "rb") as raw:
+        head = zlib.decompressobj(31).decompress(raw.read(1 << 16), 4)
+        if len(head) < 4:   # a short first member, or a short file
+            raw.seek(0)
+            head = _open_decompressed(raw).read(4)
+    return head
 
 
 # --------------------------------------------------------------------------- FASTA
@@ -127,6 +138,106 @@ def _read_blocks(path: Path, progress: tqdm | None):
 class _DecompressError(Exception):
     def __init__(self, cause: BaseException, offset: int):
         self.cause, self.offset = cause, offset
+
+
+@dataclass
+class GzipFault:
+    """Where gzip data stops decompressing, as found by ``gzip_fault``."""
+
+    kind: str          # 'cut' (the file ends inside a member), 'check' (CRC or length), 'corrupt'
+    offset: int        # of the compressed byte where decoding failed (the file size for 'cut')
+    member: int        # of the gzip member (BGZF block) it is in
+    lines: int         # newlines in the text before the failure...
+    member_lines: int  # ...and before the member
+    reason: str        # zlib's words
+
+
+def gzip_fault(path: Path, start: int = 0, *, blocks: int | None = None,
+               text_limit: int | None = None) -> GzipFault | None:
+    """Decompress ``path`` from ``start`` (where a gzip member begins) with zlib and say where
+    and how the data fails, or None where it does not: within ``blocks`` members, or up to the
+    end of the member that holds decompressed byte ``text_limit``. For messages only: it costs
+    one more read of the file, up to the fault."""
+    text = lines = member_lines = members = 0
+    member = pos = start
+    d = None
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        pending = b""
+        while True:
+            if d is None and members:   # zero padding after a member is allowed
+                pos += len(pending) - len(pending := pending.lstrip(b"\0"))
+            if not pending:
+                pending = fh.read(1 << 14)
+                if not pending:
+                    break
+                continue
+            if d is None:
+                if members == blocks or (text_limit is not None and text > text_limit):
+                    return None
+                d, member, member_lines = zlib.decompressobj(31), pos, lines
+            before = d.copy()
+            try:
+                out = d.decompress(pending)
+            except zlib.error as e:
+                return _pinpoint(before, pending, pos, member, lines, member_lines, e)
+            text += len(out)
+            lines += out.count(b"\n")
+            if d.eof:
+                pos += len(pending) - len(d.unused_data)
+                pending, d, members = d.unused_data, None, members + 1
+            else:
+                pos += len(pending)
+                pending = b""
+    if d is not None:
+        return GzipFault("cut", pos, member, lines, member_lines, "")
+    return None
+
+
+def _pinpoint(d, data: bytes, pos: int, member: int, lines: int, member_lines: int,
+              error: zlib.error) -> GzipFault:
+    """The byte of ``data`` at which decompressor ``d`` fails (it failed on all of it)."""
+    for i in range(len(data)):
+        try:
+            lines += d.decompress(data[i:i + 1]).count(b"\n")
+        except zlib.error as e:
+            error, pos = e, pos + i
+            break
+    reason = str(error).rsplit(": ", 1)[-1]   # "Error -3 while decompressing data: ..."
+    if "header" in reason or "method" in reason:   # the member's gzip header: from its start
+        pos = member
+    kind = "check" if reason in ("incorrect data check", "incorrect length check") else "corrupt"
+    return GzipFault(kind, pos, member, lines, member_lines, reason)
+
+
+def gzip_fault_error(path: Path, fault: GzipFault, *, container: str = "gzip",
+                     place: str | None = None, text_lines: bool = True) -> InputError:
+    """The one-line error for ``fault``: its place is the compressed byte (1-based), after
+    ``place`` where given, with the line of the decompressed text where ``text_lines``."""
+    where = [place] if place else []
+    if fault.kind == "cut":
+        where.append(f"compressed byte {fault.offset:,} (end of file)")
+        what = f"truncated {container} data: the file ends inside a compressed block"
+    elif fault.kind == "check":   # found at the member's end: the damage is somewhere in it
+        where.append(f"compressed bytes {fault.member + 1:,}-{fault.offset + 1:,}")
+        what = f"corrupt {container} data: a block fails its checksum ({fault.reason})"
+    else:
+        where.append(f"compressed byte {fault.offset + 1:,}")
+        what = f"corrupt {container} data ({fault.reason})"
+    if text_lines:
+        where.append(f"lines {fault.member_lines + 1:,}-{fault.lines + 1:,}"
+                     if fault.kind == "check" else f"line {fault.lines + 1:,}")
+    return InputError(path, what, place=", ".join(where))
+
+
+def decompress_error(path: Path, cause: BaseException, *, text_bytes: int = 0) -> InputError:
+    """The error for a gzip input that failed to decompress with ``cause``, after
+    ``text_bytes`` bytes of text: where zlib finds the fault, else the cause alone."""
+    fault = gzip_fault(path)
+    if fault is not None:
+        return gzip_fault_error(path, fault)
+    return InputError(path, f"truncated or corrupt gzip data ({cause})",
+                      place=f"after {text_bytes:,} decompressed bytes" if text_bytes else None)
 
 
 def line_at(path: Path, offset: int) -> int:
@@ -208,6 +319,7 @@ class _FastaTokenizer:
         self.pending_header: bytearray | None = None
         self.pending_header_offset = 0
         self.seen_records = 0
+        self.empty: list[tuple[str, int]] = []   # records without sequence, not yet reported
         self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genossm-md5")
 
     def feed(self, block: bytes) -> None:
@@ -255,9 +367,12 @@ class _FastaTokenizer:
             self._header(bytes(self.pending_header), self.pending_header_offset)
             self.pending_header = None
         self._close_record()
-        self.hasher.shutdown()
         if self.seen_records == 0:
             raise InputError(self.path, "no FASTA records (no line starts with '>')")
+        if self.summary.contigs == 0:
+            n = self.seen_records
+            raise InputError(self.path, f"no sequence in any record ({n:,} record"
+                                        f"{'s' if n > 1 else ''}, headers only)")
         return self.summary
 
     def _header(self, text: bytes, offset: int) -> None:
@@ -318,22 +433,29 @@ class _FastaTokenizer:
         rec, self.record = self.record, None
         if rec is None:
             return
-        if rec.length == 0:
-            line = line_at(self.path, rec.offset)
-            log.warning("%s: record %r (line %d) has no sequence; skipped", self.path, rec.name,
-                        line)
-            self.store.drop_contig(rec.name, rec.writer)
-            self.summary.empty_records.append(f"{rec.name} (line {line})")
-            return
-        rec.writer.finish(n_count=rec.n_count, iupac_count=rec.iupac_count,
-                          softmasked=rec.softmasked, md5=rec.hexdigest(),
-                          source=str(self.path))
         s = self.summary
-        s.contigs += 1
-        s.bases += rec.length
-        s.n_count += rec.n_count
-        s.iupac_count += rec.iupac_count
-        s.softmasked += rec.softmasked
+        if rec.length == 0:
+            self.store.drop_contig(rec.name, rec.writer)
+            self.empty.append((rec.name, rec.offset))
+        else:
+            rec.writer.finish(n_count=rec.n_count, iupac_count=rec.iupac_count,
+                              softmasked=rec.softmasked, md5=rec.hexdigest(),
+                              source=str(self.path))
+            s.contigs += 1
+            s.bases += rec.length
+            s.n_count += rec.n_count
+            s.iupac_count += rec.iupac_count
+            s.softmasked += rec.softmasked
+        if s.contigs:   # a file with no sequence at all is an error, not a warning per record
+            self._report_empty()
+
+    def _report_empty(self) -> None:
+        for name, offset in self.empty:
+            line = line_at(self.path, offset)
+            log.warning("%s: record %r (line %d) has no sequence; skipped", self.path, name,
+                        line)
+            self.summary.empty_records.append(f"{name} (line {line})")
+        self.empty.clear()
 
 
 def tokenize_fasta(path: Path, store: StoreWriter, *, progress: bool = True) -> FastaSummary:
@@ -342,11 +464,25 @@ def tokenize_fasta(path: Path, store: StoreWriter, *, progress: bool = True) -> 
     bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name,
                disable=None if progress else True, leave=False)
     try:
-        for block in _read_blocks(path, bar):
-            tok.feed(block)
-    except _DecompressError as e:
-        raise InputError(path, f"truncated or corrupt gzip data ({e.cause})",
-                         place=f"after {e.offset:,} decompressed bytes") from None
+        try:
+            with closing(_read_blocks(path, bar)) as blocks:
+                for block in blocks:
+                    tok.feed(block)
+        except _DecompressError as e:
+            raise decompress_error(path, e.cause, text_bytes=e.offset) from None
+        except InputError:
+            # corrupt gzip data decodes to text before its block's checksum is checked: bad
+            # text in a gzip input is the compression's fault where zlib finds one up to there
+            fault = _is_gzip(path) and gzip_fault(path, text_limit=tok.offset + BLOCK_SIZE)
+            if fault:
+                raise gzip_fault_error(path, fault) from None
+            raise
+        return tok.finish()
     finally:
+        tok.hasher.shutdown(cancel_futures=True)   # never leaves its thread behind
         bar.close()
-    return tok.finish()
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == GZIP_MAGIC
