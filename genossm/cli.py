@@ -1,12 +1,12 @@
 """The ``genossm`` command: one subcommand per stage (docs/design.md, "Options and the workflow").
 
-Bad input ends in one line on stderr (``genossm: error: FILE: PLACE: WHAT``) and exit status 2,
-with no traceback unless ``--debug``; an interrupt exits 130. The stages themselves guarantee
-that no partial output is left behind.
+Bad input and usage errors end in one line on stderr (``genossm: error: FILE: PLACE: WHAT``)
+and exit status 2, with no traceback unless ``--debug``; Ctrl-C exits 130, SIGTERM 143 and
+SIGHUP 129, after the stages have removed their temporaries.
 
-The module is a little over 400 lines because it is the one place where every command's flags
-are defined; each subcommand has a short ``_add_*`` (its flags) and ``_cmd_*`` (the call of its
-stage), so one command reads in one sitting.
+This is the one place where every command's flags are defined (their defaults live in the
+stages; ``cli_help`` shows them in ``--help``): each subcommand has a short ``_add_*`` (its
+flags) and ``_cmd_*`` (the call of its stage), so one command reads in one sitting.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib
-import inspect
 import json
 import logging
 import os
@@ -28,6 +26,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from genossm import __version__
+from genossm.cli_help import TRAIN_OVERRIDES, StageDefaultsHelp
 from genossm.errors import InputError
 
 EXIT_INPUT_ERROR = 2
@@ -39,17 +38,6 @@ EXIT_INTERRUPTED = 130
 # live there, once (the function signatures, ReadFilter, TrainConfig); ``--help`` looks them up
 # only when it is printed, so that building the parser never imports torch.
 _PARSER_KEYS = ("command", "func", "debug")
-
-# Command-line overrides of the training config (TrainConfig fields): name -> (type, metavar,
-# help). Not given: the --config file's value (or the resumed run's), else TrainConfig's.
-_TRAIN_OVERRIDES = {
-    "seq_len": (int, "L", "window length"),
-    "batch_size": (int, None, "windows per micro-batch per process"),
-    "max_steps": (int, "N", "optimizer steps in all"),
-    "max_time": (float, "SECONDS", "stop with a checkpoint after this long (this invocation)"),
-    "seed": (int, None, "random seed"),
-}
-
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, like every other error (``genossm: error: ...``), exit 2."""
@@ -127,7 +115,7 @@ def _cmd_train(args) -> int:
 
     kw = _given_with_threads(args)
     stores, output, config = kw.pop("stores"), kw.pop("output"), kw.pop("config", None)
-    overrides = {name: kw.pop(name) for name in _TRAIN_OVERRIDES if name in kw}
+    overrides = {name: kw.pop(name) for name in TRAIN_OVERRIDES if name in kw}
     # resuming without --config continues with the run's own config
     base = saved_train_config(output) if kw.get("resume") and config is None else None
     cfg = load_train_config(config, base=base, **overrides)
@@ -172,83 +160,10 @@ def _cmd_embed(args) -> int:
     return 0
 
 
-# --- defaults for --help, from the stage modules ---------------------------------------------
-def _signature_defaults(fn) -> dict:
-    """The keyword defaults of a function (or a dataclass's fields)."""
-    return {name: p.default for name, p in inspect.signature(fn).parameters.items()
-            if p.default is not inspect.Parameter.empty}
-
-
-def _tokenize_defaults() -> dict:
-    from genossm import tokenize as module
-
-    d = {**_signature_defaults(module.tokenize), **_signature_defaults(module.ReadFilter)}
-    # shown the way --exclude-flags takes it: by the flag names defined beside ReadFilter
-    flags = d["exclude_flags"]
-    names = getattr(inspect.getmodule(module.ReadFilter), "FLAG_NAMES", {})
-    if isinstance(flags, int):
-        chosen = [name for name, bit in names.items() if flags & bit]
-        d["exclude_flags"] = ",".join(chosen) if sum(names[n] for n in chosen) == flags \
-            else hex(flags)
-    return d
-
-
-def _train_defaults() -> dict:
-    from genossm.runtime import resolve_device
-    from genossm.train import load_train_config, train
-
-    d = _signature_defaults(train)
-    if d.get("device") is None:     # train(device=None) is resolve_device's default
-        d["device"] = _signature_defaults(resolve_device)["name"]
-    built_in = load_train_config(None)
-    for name in _TRAIN_OVERRIDES:
-        value = getattr(built_in, name)
-        d[name] = f"the training config's, else {'none' if value is None else value}"
-    return d
-
-
-def _function_defaults(module: str, function: str):
-    """A function that returns the keyword defaults of ``module.function`` (imported then)."""
-    return lambda: _signature_defaults(getattr(importlib.import_module(module), function))
-
-
-# command -> where its options' defaults are (a function, called only to print help)
-STAGE_DEFAULTS = {"tokenize": _tokenize_defaults, "train": _train_defaults,
-                  "evaluate": _function_defaults("genossm.evaluate", "evaluate"),
-                  "score": _function_defaults("genossm.score", "score_vcf"),
-                  "embed": _function_defaults("genossm.embed", "embed")}
-
-
-class _StageDefaultsHelp(argparse.HelpFormatter):
-    """Help that adds "(default: X)" to each option that takes a value, X being the stage's own
-    default for it (None, or no default, adds nothing: the help text says what absence means;
-    switches are off unless given)."""
-
-    def __init__(self, prog, *, command: str, **kwargs):
-        super().__init__(prog, **kwargs)
-        self._command = command
-        self._defaults: dict | None = None
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if not action.option_strings or action.nargs == 0 or action.help == argparse.SUPPRESS:
-            return text
-        if self._defaults is None:
-            try:
-                self._defaults = STAGE_DEFAULTS[self._command]()
-            except ImportError:     # a broken install: the help, without the defaults
-                self._defaults = {}
-        value = self._defaults.get(action.dest)
-        if value is None:
-            return text
-        shown = str(value).replace("%", "%%")
-        return f"{text} (default: {shown})" if text else f"(default: {shown})"
-
-
 def _stage_parser(sub, command: str, **kwargs) -> argparse.ArgumentParser:
     """A subcommand whose options default to SUPPRESS (given options only reach the stage)."""
     return sub.add_parser(command, argument_default=argparse.SUPPRESS,
-                          formatter_class=functools.partial(_StageDefaultsHelp,
+                          formatter_class=functools.partial(StageDefaultsHelp,
                                                             command=command), **kwargs)
 
 
@@ -318,7 +233,7 @@ def _add_train(sub) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, metavar="MODEL_DIR")
     p.add_argument("--config", type=Path, metavar="TRAIN.yaml",
                    help="training config: model and split sections, schedule, batch, ...")
-    for name, (type_, metavar, help_) in _TRAIN_OVERRIDES.items():
+    for name, (type_, metavar, help_) in TRAIN_OVERRIDES.items():
         p.add_argument("--" + name.replace("_", "-"), type=type_, metavar=metavar, help=help_)
     _add_runtime_options(p)
     p.add_argument("--resume", action="store_true",

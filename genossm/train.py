@@ -13,17 +13,15 @@ continues with exactly the windows, lengths and learning rates of an uninterrupt
 A checkpoint is a whole model directory swapped in by ``ModelDir.write_checkpoint``; a kill at
 any moment leaves the old or the new one whole, and the next run first recovers it.
 
-Multi-GPU / multi-node: run under ``torchrun``; each rank draws its own windows
-(DistributedDataParallel averages the gradients), rank 0 writes checkpoints and metrics.
+Multi-GPU / multi-node: run under ``torchrun`` (genossm.distributed); each rank draws its own
+windows (DistributedDataParallel averages the gradients), rank 0 writes checkpoints and metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -35,14 +33,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from genossm.data import StepBatches, WindowDataset, describe_split, lm_batch, split_regions
+from genossm.distributed import Dist
 from genossm.errors import InputError
 from genossm.fileio import OutputKind, claim_outputs
 from genossm.model import GenoSSM, ModelDir, TrainingInfo, last_record
 from genossm.model.directory import MODEL_DIR, TRAIN_STATE_NAME
-from genossm.runtime import resolve_device
 from genossm.store import TokenStore
 from genossm.train_config import (
     TrainConfig,
+    check_resumable,
+    check_same_split,
     learning_rate,
     load_train_config,
     saved_train_config,
@@ -56,49 +56,6 @@ LN2 = math.log(2.0)
 # What --resume continues: a directory with a checkpoint (its files are checked as they are read).
 CHECKPOINT = OutputKind("a genossm model directory with a checkpoint",
                         lambda path: (Path(path) / TRAIN_STATE_NAME).is_file())
-
-
-# --- distributed ----------------------------------------------------------------------------
-@dataclass
-class Dist:
-    """This process's device and place in a torchrun job (rank 0 of 1 when run alone)."""
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def setup(cls, device: str | None) -> Dist:
-        """Resolve the device and join the process group when launched by torchrun
-        (WORLD_SIZE set); on CUDA each rank takes the GPU of its local rank."""
-        dev = resolve_device(device)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world == 1:
-            ranks = cls(dev)
-        else:
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-            ranks = cls(dev, dist.get_rank(), dist.get_world_size(),
-                        int(os.environ.get("LOCAL_RANK", 0)))
-        if dev.type == "cuda":
-            ranks.device = torch.device("cuda", ranks.local_rank)
-            torch.cuda.set_device(ranks.device)
-        return ranks
-
-    def mean(self, values: list[float]) -> list[float]:
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return (t / self.world).tolist()
-
-    def barrier(self):
-        if self.world > 1:
-            dist.barrier()
 
 
 def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor,
@@ -176,10 +133,10 @@ class Run:
 def _open_run(directory: ModelDir, cfg: TrainConfig, ranks: Dist, store_paths: list, *,
               resume: bool, force: bool) -> Run:
     """A new run, or (``resume``) the run of the checkpoint in ``directory``, continued as it
-    was (``_check_resumable``); a checkpoint swap that a kill interrupted is finished or undone
-    first. The directory is claimed (fileio.claim_outputs) before anything is read: never one
-    of the stores or the --config file; an existing model directory is continued with
-    --resume or replaced with --force, anything else is not replaced."""
+    was (``train_config.check_resumable``); a checkpoint swap that a kill interrupted is
+    finished or undone first. The directory is claimed (fileio.claim_outputs) before anything
+    is read: never one of the stores or the --config file; an existing model directory is
+    continued with --resume or replaced with --force, anything else is not replaced."""
     if ranks.main:
         directory.recover()
     ranks.barrier()
@@ -204,7 +161,7 @@ def _resumed_run(directory: ModelDir, cfg: TrainConfig, ranks: Dist, store_paths
         saved = TrainConfig.from_dict(ckpt.training.config)
     except (TypeError, ValueError) as e:
         raise InputError(directory.config_path, f"cannot resume: {e}") from None
-    _check_resumable(directory, cfg, saved, ckpt.training, store_paths)
+    check_resumable(directory, cfg, saved, ckpt.training, store_paths)
     try:
         torch.set_rng_state(ckpt.state["rng_torch"].cpu())
     except (RuntimeError, TypeError) as e:
@@ -216,41 +173,6 @@ def _resumed_run(directory: ModelDir, cfg: TrainConfig, ranks: Dist, store_paths
     if ranks.main:
         directory.write_metrics(run.metrics)  # drop lines logged after the checkpoint
     return run
-
-
-def _check_resumable(directory: ModelDir, cfg: TrainConfig, saved: TrainConfig,
-                     trained: TrainingInfo, store_paths: list) -> None:
-    """--resume continues the run as it was: the given settings other than RESUMABLE (model
-    section included) are the checkpoint's, and the stores are the ones it was trained on, in
-    the same order (by resolved path); InputError saying which differ otherwise."""
-    changes = cfg.changes_from(saved)
-    if changes:
-        origins = [cfg.origin(key.split(".")[0]) for key, _, _ in changes]
-        where = cfg.source if cfg.source in origins else origins[0]
-        listed = ", ".join(f"{key} {json.dumps(theirs)} -> {json.dumps(mine)}"
-                           for key, mine, theirs in changes)
-        raise InputError(where, f"cannot resume {directory.path}: changes its {listed}; "
-                                "--resume may change only the run's length, time budget, "
-                                "logging, precision and how the model runs")
-    given = [Path(p).resolve() for p in store_paths]
-    recorded = [Path(p).resolve() for p in trained.stores]
-    if given != recorded:
-        new = [str(p) for p, r in zip(store_paths, given, strict=True) if r not in recorded]
-        gone = [p for p, r in zip(trained.stores, recorded, strict=True) if r not in given]
-        which = "; ".join([f"{', '.join(new)} not among them"] * bool(new)
-                          + [f"{', '.join(gone)} not given"] * bool(gone)) or "another order"
-        raise InputError(directory.path, f"cannot resume: it was trained on "
-                                         f"{', '.join(trained.stores)} ({which}); give the "
-                                         "same stores in the same order")
-
-
-def _check_same_split(run: Run, training: TrainingInfo) -> None:
-    """A resumed run's stores hold the contigs it was trained on (its split is the same)."""
-    if run.trained is not None and any(run.trained.split[k] != training.split[k]
-                                       for k in ("train", "validation")):
-        raise InputError(run.directory.path, "cannot resume: the stores' contigs are not those "
-                                             "it was trained on (the train/validation split "
-                                             "differs); was a store tokenized again?")
 
 
 def _open_stores(paths: list) -> list[TokenStore]:
@@ -342,7 +264,7 @@ def train(store_paths: list, output, cfg: TrainConfig, *, device: str | None = N
     training = TrainingInfo(stores=[str(Path(p)) for p in store_paths], seq_len=cfg.seq_len,
                             seed=cfg.seed, world_size=ranks.world,
                             split=describe_split(stores, train_iv, val_iv), config=cfg.to_dict())
-    _check_same_split(run, training)
+    check_same_split(run.directory, run.trained, training)
     raw_model, model, optimizer = _build_model(run)
     loader = _train_loader(stores, train_iv, cfg, run.step, ranks)
     val_batches = _validation_batches(stores, val_iv, cfg) if cfg.eval_every else []

@@ -1,10 +1,12 @@
-"""What a training run is: its config (``TrainConfig``, read from YAML) and the schedules that
-are pure functions of (config, step), so that a resumed run continues with exactly the learning
-rates and window lengths of an uninterrupted one."""
+"""What a training run is: its config (``TrainConfig``, read from YAML), what --resume may change
+of it (``check_resumable``, ``check_same_split``) and the schedules that are pure functions of
+(config, step), so that a resumed run continues with exactly the learning rates and window
+lengths of an uninterrupted one."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +15,7 @@ import yaml
 
 from genossm.data import SplitConfig
 from genossm.errors import InputError
-from genossm.model import ModelConfig, ModelDir
+from genossm.model import ModelConfig, ModelDir, TrainingInfo
 
 # what --resume may change: the run's length, time budget and logging, not its identity
 RESUMABLE = ("max_steps", "max_time", "num_workers", "log_every", "checkpoint_every",
@@ -189,6 +191,44 @@ def _valid(d: dict) -> bool:
 def saved_train_config(directory) -> dict | None:
     """The training config recorded in a model directory's checkpoint (None without one)."""
     return ModelDir(directory).train_config()
+
+
+def check_resumable(directory: ModelDir, cfg: TrainConfig, saved: TrainConfig,
+                    trained: TrainingInfo, store_paths: list) -> None:
+    """--resume continues the run as it was: the given settings other than RESUMABLE (model
+    section included) are the checkpoint's, and the stores are the ones it was trained on, in
+    the same order (by resolved path); InputError saying which differ otherwise."""
+    changes = cfg.changes_from(saved)
+    if changes:
+        origins = [cfg.origin(key.split(".")[0]) for key, _, _ in changes]
+        where = cfg.source if cfg.source in origins else origins[0]
+        listed = ", ".join(f"{key} {json.dumps(theirs)} -> {json.dumps(mine)}"
+                           for key, mine, theirs in changes)
+        raise InputError(where, f"cannot resume {directory.path}: changes its {listed}; "
+                                "--resume may change only the run's length, time budget, "
+                                "logging, precision and how the model runs")
+    given = [Path(p).resolve() for p in store_paths]
+    recorded = [Path(p).resolve() for p in trained.stores]
+    if given != recorded:
+        new = [str(p) for p, r in zip(store_paths, given, strict=True) if r not in recorded]
+        gone = [p for p, r in zip(trained.stores, recorded, strict=True) if r not in given]
+        which = "; ".join([f"{', '.join(new)} not among them"] * bool(new)
+                          + [f"{', '.join(gone)} not given"] * bool(gone)) or "another order"
+        raise InputError(directory.path, f"cannot resume: it was trained on "
+                                         f"{', '.join(trained.stores)} ({which}); give the "
+                                         "same stores in the same order")
+
+
+def check_same_split(directory: ModelDir, trained: TrainingInfo | None,
+                     training: TrainingInfo) -> None:
+    """A resumed run's stores hold the contigs it was trained on (its split is the same):
+    ``trained`` is the checkpoint's training section (None: a new run, nothing to check),
+    ``training`` the one of the stores given."""
+    if trained is not None and any(trained.split[k] != training.split[k]
+                                   for k in ("train", "validation")):
+        raise InputError(directory.path, "cannot resume: the stores' contigs are not those "
+                                         "it was trained on (the train/validation split "
+                                         "differs); was a store tokenized again?")
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:

@@ -17,10 +17,10 @@ import yaml
 import zarr
 
 from genossm import alphabet
-from genossm import store as store_module
 from genossm.cli import main
 from genossm.errors import InputError
 from genossm.store import TokenStore
+from genossm.store import layout as store_layout
 from helpers import LAMBDA, fasta_records, write_fasta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,7 +101,7 @@ def test_a_missing_chunk_is_an_error_not_n(lam, tmp_path, capsys):
 def test_a_store_with_fill_value_n_still_reads(tmp_path, monkeypatch, capsys):
     """Stores written before the fill value changed (N): read as before, a missing chunk
     included (it reads as N: nothing tells it from N)."""
-    monkeypatch.setattr(store_module, "CODES_FILL", alphabet.N)
+    monkeypatch.setattr(store_layout, "CODES_FILL", alphabet.N)
     out = tokenize(LAMBDA, tmp_path / "old.zarr")
     monkeypatch.undo()
     assert json.loads((out / CODES / "zarr.json").read_text())["fill_value"] == alphabet.N

@@ -97,7 +97,7 @@ def test_formats_line_widths_and_endings(tmp_path, derived_records, compress, wi
 
 
 def test_block_boundaries_inside_headers_and_lines(tmp_path, derived_records, monkeypatch):
-    import genossm.tokenize.fasta as tk
+    import genossm.tokenize.compressed as tk  # the block reader reads BLOCK_SIZE there
 
     path = write_fasta(tmp_path / "in.fa", derived_records, width=61, newline="\r\n")
     for block in (1, 2, 3, 997):

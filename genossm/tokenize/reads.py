@@ -13,7 +13,7 @@ from tqdm import tqdm
 from genossm import alphabet
 from genossm.errors import InputError
 from genossm.store import StoreWriter
-from genossm.tokenize.fasta import (
+from genossm.tokenize.compressed import (
     _DECOMPRESS_ERRORS,
     GZIP_MAGIC,
     _is_gzip,
