@@ -12,7 +12,8 @@ def scan_ref(x, dt, A, B, C, D=None, *, initial_state=None, return_final_state=F
              chunk_size=None):
     """h_t = exp(dt_t A) h_{t-1} + dt_t x_t ⊗ B_t ;  y_t = h_t · C_t + D x_t.
 
-    x: (b, l, h, p), dt: (b, l, h) already bias-added/softplus-ed, A: (h,),
+    x: (b, l, h, p), dt: (b, l, h) already bias-added/softplus-ed, A: (h,), or (h, n) for the
+    Mamba-1 scan (a decay per head and state),
     B, C: (b, l, g, n), D: (h,) or (h, p), initial_state: (b, h, p, n).
     ``chunk_size`` is accepted for a uniform backend signature and ignored.
     """
@@ -29,10 +30,14 @@ def scan_ref(x, dt, A, B, C, D=None, *, initial_state=None, return_final_state=F
     else:
         state = initial_state.to(dtype)
     ys = []
+    per_state = Af.dim() == 2
     for t in range(length):
-        decay = torch.exp(dtf[:, t] * Af)  # (b, h)
+        if per_state:
+            decay = torch.exp(dtf[:, t, :, None] * Af)[:, :, None, :]  # (b, h, 1, n)
+        else:
+            decay = torch.exp(dtf[:, t] * Af)[..., None, None]        # (b, h, 1, 1)
         inject = (dtf[:, t, :, None] * xf[:, t])[..., None] * Bf[:, t, :, None, :]
-        state = state * decay[..., None, None] + inject
+        state = state * decay + inject
         ys.append(torch.einsum("bhpn,bhn->bhp", state, Cf[:, t]))
     y = torch.stack(ys, dim=1) if ys else xf.new_zeros(xf.shape)
     if D is not None:

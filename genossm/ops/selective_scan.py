@@ -42,8 +42,9 @@ def _check_shapes(x, dt, A, B, C, D, initial_state, dt_bias=None):
     batch, length, heads, headdim = x.shape
     if tuple(dt.shape) != (batch, length, heads):
         raise ValueError(f"dt must be {(batch, length, heads)}, got {tuple(dt.shape)}")
-    if tuple(A.shape) != (heads,):
-        raise ValueError(f"A must be ({heads},), got {tuple(A.shape)}")
+    if tuple(A.shape) not in ((heads,), (heads, B.shape[-1])):
+        raise ValueError(f"A must be ({heads},) or ({heads}, {B.shape[-1]}), "
+                         f"got {tuple(A.shape)}")
     if B.dim() != 4 or B.shape[:2] != (batch, length) or B.shape != C.shape:
         raise ValueError(f"B and C must be (batch, length, groups, dstate) alike, "
                          f"got {tuple(B.shape)} and {tuple(C.shape)}")
@@ -70,6 +71,11 @@ def selective_scan(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=False,
     Shapes: x (b, l, h, p), dt (b, l, h), A (h,), B and C (b, l, g, n) with g dividing h,
     D (h,) or (h, p), initial_state (b, h, p, n). Returns y (b, l, h, p), or
     (y, final_state) when ``return_final_state``.
+
+    A of shape (h, n) is the Mamba-1 (S6) scan, whose decay has a value per (channel, state):
+    h_t[d, n] = exp(dt'_t[d] A[d, n]) h_{t-1}[d, n] + dt'_t[d] B_t[n] x_t[d], with each
+    channel a head of headdim 1 (x (b, l, d, 1)). It does not reduce to the chunked matmul
+    form of the other backends; so far only ``ref`` computes it (``auto`` picks it).
     """
     _check_shapes(x, dt, A, B, C, D, initial_state, dt_bias)
     dt = dt.to(torch.promote_types(dt.dtype, torch.float32))
@@ -80,8 +86,12 @@ def selective_scan(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=False,
     lo, hi = dt_limit
     if lo > 0.0 or hi < math.inf:
         dt = dt.clamp(min=lo, max=hi)
+    per_state = A.dim() == 2
     if backend == "auto":
-        backend = "triton" if x.is_cuda else "torch"
+        backend = "ref" if per_state else ("triton" if x.is_cuda else "torch")
+    if per_state and backend != "ref":
+        raise ValueError(f"the Mamba-1 scan (A of shape (heads, dstate)) has no {backend!r} "
+                         "backend yet; use backend='ref' or 'auto'")
     fn = _backend_fn(backend)
     y, final_state = fn(x, dt, A, B, C, D, initial_state=initial_state,
                         return_final_state=return_final_state, chunk_size=chunk_size)
