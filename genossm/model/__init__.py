@@ -1,5 +1,5 @@
-"""The genome language model: config, Mamba-2-style blocks, LM, streaming state, and the model
-directory (``ModelDir``)."""
+"""The genome language model: config, Mamba-2-style or Mamba-1 blocks, LM, streaming state,
+and the model directory (``ModelDir``)."""
 
 from genossm.model.config import ModelConfig
 from genossm.model.directory import Checkpoint, ModelDir, TrainingInfo, last_record
@@ -11,12 +11,14 @@ from genossm.model.lm import (
     reverse_complement_logits,
     reverse_complement_tokens,
 )
+from genossm.model.mamba1 import Mamba1Mixer
 from genossm.model.mamba2 import Block, Mamba2Mixer, RMSNorm
 
 __all__ = [
     "Block",
     "Checkpoint",
     "GenoSSM",
+    "Mamba1Mixer",
     "Mamba2Mixer",
     "ModelConfig",
     "ModelDir",

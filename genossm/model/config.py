@@ -1,22 +1,29 @@
 """ModelConfig: every architecture hyper-parameter in one dataclass that round-trips through JSON.
 
 Only scalars (int, float, bool, str, None) are stored, so ``config.json`` is plain JSON (no
-``Infinity``, no tuples): an open dt limit is ``dt_limit_max = None``.
+``Infinity``, no tuples): an open dt limit is ``dt_limit_max = None``. A config written before
+the ``mixer`` field existed loads as ``mixer = "mamba2"`` (the default).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from genossm import alphabet
 
 OBJECTIVES = ("clm", "mlm")
+MIXERS = ("mamba1", "mamba2")
+DT_INITS = ("random", "constant")
 SCAN_BACKENDS = ("auto", "ref", "torch", "triton")
 
 
 @dataclass
 class ModelConfig:
+    # the mixer: "mamba2" (Mamba2Mixer, SSD heads) or "mamba1" (Mamba1Mixer, mamba_ssm's Mamba,
+    # usually with d_state 16); headdim and n_groups are Mamba-2's, dt_rank and dt_init Mamba-1's
+    mixer: str = "mamba2"
     # sizes
     d_model: int = 256            # residual width (per strand when rc_equivariant)
     n_layer: int = 8
@@ -24,7 +31,8 @@ class ModelConfig:
     headdim: int = 32             # p; heads = expand * d_model // headdim
     expand: int = 2               # d_inner = expand * d_model
     n_groups: int = 1             # B/C groups g; must divide the number of heads
-    d_conv: int = 4               # causal depthwise conv width over xBC
+    d_conv: int = 4               # causal depthwise conv width over xBC (Mamba-1: over x)
+    dt_rank: int = 0              # Mamba-1 rank of dt (x_proj -> dt_proj); 0: ceil(d_model/16)
     conv_bias: bool = True
     chunk_size: int = 256         # scan chunk length (torch/triton backends)
     vocab_size: int = alphabet.VOCAB_SIZE
@@ -41,6 +49,8 @@ class ModelConfig:
     dt_min: float = 1e-3          # softplus(dt_bias) is initialised log-uniform in [dt_min, dt_max]
     dt_max: float = 1e-1
     dt_init_floor: float = 1e-4
+    dt_init: str = "random"       # Mamba-1 dt_proj.weight: "random" uniform ±std, "constant" std,
+    dt_scale: float = 1.0         # ... with std = dt_rank^-0.5 · dt_scale
     dt_limit_min: float = 0.0     # clamp of dt after softplus; dt_limit_max None = no upper clamp
     dt_limit_max: float | None = None
     A_init_min: float = 1.0       # -A = exp(A_log) initialised uniform in [A_init_min, A_init_max]
@@ -59,6 +69,11 @@ class ModelConfig:
     @property
     def n_heads(self) -> int:
         return self.d_inner // self.headdim
+
+    @property
+    def resolved_dt_rank(self) -> int:
+        """Mamba-1 rank of dt: dt_rank, or ceil(d_model/16) when it is 0 (mamba_ssm's "auto")."""
+        return self.dt_rank or math.ceil(self.d_model / 16)
 
     @property
     def conv_dim(self) -> int:
@@ -81,6 +96,11 @@ class ModelConfig:
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                  f"{name} must be a positive integer, got {value!r}")
+        need(self.mixer in MIXERS, f"mixer must be one of {MIXERS}, got {self.mixer!r}")
+        need(isinstance(self.dt_rank, int) and not isinstance(self.dt_rank, bool)
+             and self.dt_rank >= 0, f"dt_rank must be an integer >= 0, got {self.dt_rank!r}")
+        need(self.dt_init in DT_INITS, f"dt_init must be one of {DT_INITS}, got {self.dt_init!r}")
+        need(self.dt_scale > 0, f"dt_scale must be > 0, got {self.dt_scale!r}")
         need(isinstance(self.checkpoint_segment_length, int)
              and self.checkpoint_segment_length >= 0,
              "checkpoint_segment_length must be an integer >= 0")
@@ -91,10 +111,12 @@ class ModelConfig:
         need(self.vocab_size == alphabet.VOCAB_SIZE,
              f"vocab_size must be the alphabet's VOCAB_SIZE ({alphabet.VOCAB_SIZE}), "
              f"got {self.vocab_size}")
-        need(self.d_inner % self.headdim == 0,
-             f"expand*d_model ({self.d_inner}) must be a multiple of headdim ({self.headdim})")
-        need(self.n_heads % self.n_groups == 0,
-             f"n_groups ({self.n_groups}) must divide the number of heads ({self.n_heads})")
+        if self.mixer == "mamba2":  # heads and groups are Mamba-2's
+            need(self.d_inner % self.headdim == 0,
+                 f"expand*d_model ({self.d_inner}) must be a multiple of headdim "
+                 f"({self.headdim})")
+            need(self.n_heads % self.n_groups == 0,
+                 f"n_groups ({self.n_groups}) must divide the number of heads ({self.n_heads})")
         # A causal LM whose output at t sees tokens after t would be handed its own target.
         need(self.objective != "clm" or self.causal,
              "objective 'clm' needs a causal model: bidirectional and rc_equivariant "

@@ -40,8 +40,10 @@ from genossm.model.mamba2 import Block, RMSNorm
 
 @dataclass
 class ModelState:
-    """Streaming state of a causal GenoSSM: per layer the last d_conv-1 xBC inputs
-    (b, d_conv-1, conv_dim) and the SSM state (b, heads, headdim, d_state), both float32;
+    """Streaming state of a causal GenoSSM: per layer the last d_conv-1 conv inputs and the
+    SSM state, both float32 (a Mamba-1 float64 model: float64), of the shapes the mixer's
+    ``state_shapes`` gives (Mamba-2: (b, d_conv-1, conv_dim) and (b, heads, headdim, d_state);
+    Mamba-1: (b, d_conv-1, d_inner) and (b, d_inner, 1, d_state));
     ``next_logp`` (b, vocab), the natural-log probabilities of the token after those consumed
     (None before the first); ``offset`` counts the tokens consumed so far."""
 
@@ -184,10 +186,9 @@ class GenoSSM(nn.Module):
             raise ValueError("streaming needs a causal model (bidirectional and rc_equivariant "
                              "models read the sequence right to left too)")
         device = self.embedding.weight.device if device is None else device
-        conv = [torch.zeros(batch_size, cfg.d_conv - 1, cfg.conv_dim, device=device)
-                for _ in range(cfg.n_layer)]
-        ssm = [torch.zeros(batch_size, cfg.n_heads, cfg.headdim, cfg.d_state, device=device)
-               for _ in range(cfg.n_layer)]
+        conv_shape, ssm_shape = self.layers[0].mixer.state_shapes(cfg)
+        conv = [torch.zeros(batch_size, *conv_shape, device=device) for _ in range(cfg.n_layer)]
+        ssm = [torch.zeros(batch_size, *ssm_shape, device=device) for _ in range(cfg.n_layer)]
         return ModelState(conv, ssm, 0)
 
     def num_parameters(self) -> int:

@@ -41,6 +41,43 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, x.shape[-1:], self.weight.float(), self.eps).to(dtype)
 
 
+def causal_conv(x, conv1d: nn.Conv1d, conv_state=None, return_state=False):
+    """Causal depthwise conv of x (b, l, channels) with ``conv1d``'s filters (channels, 1, k)
+    and bias, left-padded with ``conv_state`` (b, k-1, channels), the previous piece's last
+    k-1 inputs (zeros when None). Returns (out (b, l, channels), new conv_state or None); the
+    new state is a copy in float32 (float64 for float64 inputs), so it does not keep the whole
+    piece alive.
+
+    Written as k shifted multiply-adds in (b, l, channels) layout: on CPU 2-3x faster
+    (forward + backward) than conv1d, which needs two transposed copies of the whole sequence.
+    """
+    b, length, channels = x.shape
+    k = conv1d.weight.shape[-1]
+    prefix = x.new_zeros(b, k - 1, channels) if conv_state is None else conv_state.to(x.dtype)
+    xpad = torch.cat([prefix, x], dim=1)                              # (b, k-1+l, channels)
+    new_state = None
+    if return_state:
+        new_state = xpad[:, xpad.shape[1] - (k - 1):].to(
+            torch.promote_types(x.dtype, torch.float32), copy=True)
+    w = conv1d.weight[:, 0, :].to(xpad.dtype)                         # (channels, k)
+    acc = xpad[:, k - 1:] * w[:, k - 1]
+    if conv1d.bias is not None:
+        acc = acc + conv1d.bias.to(xpad.dtype)
+    for j in range(k - 1):
+        acc = torch.addcmul(acc, xpad[:, j:j + length], w[:, j])
+    return acc, new_state
+
+
+@torch.no_grad()
+def init_dt_bias(bias: torch.Tensor, cfg: ModelConfig) -> None:
+    """softplus(bias) log-uniform in [dt_min, dt_max], floored at dt_init_floor (the Mamba-1
+    and Mamba-2 initialisation of the dt bias)."""
+    u = torch.rand(bias.shape)
+    dt = torch.exp(u * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
+    dt = dt.clamp(min=cfg.dt_init_floor)
+    bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+
 class Mamba2Mixer(nn.Module):
     """The sequence mixer of one block (unidirectional, causal)."""
 
@@ -66,13 +103,15 @@ class Mamba2Mixer(nn.Module):
         """Mamba-2 initialisation: softplus(dt_bias) log-uniform in [dt_min, dt_max],
         -A uniform in [A_init_min, A_init_max], D = 1."""
         cfg = self.cfg
-        u = torch.rand(cfg.n_heads)
-        dt = torch.exp(u * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
-        dt = dt.clamp(min=cfg.dt_init_floor)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        init_dt_bias(self.dt_bias, cfg)
         A = torch.empty(cfg.n_heads).uniform_(cfg.A_init_min, cfg.A_init_max)
         self.A_log.copy_(torch.log(A))
         self.D.fill_(1.0)
+
+    @staticmethod
+    def state_shapes(cfg: ModelConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Per-row shapes of (conv_state, ssm_state): (d_conv-1, conv_dim), (h, p, n)."""
+        return (cfg.d_conv - 1, cfg.conv_dim), (cfg.n_heads, cfg.headdim, cfg.d_state)
 
     def forward(self, u, conv_state=None, ssm_state=None, *, return_state=False,
                 backend=None):
@@ -80,26 +119,10 @@ class Mamba2Mixer(nn.Module):
         (conv_state, ssm_state). Missing states mean "start of sequence" (zeros)."""
         cfg = self.cfg
         b, length, _ = u.shape
-        h, p, g, n, k = cfg.n_heads, cfg.headdim, cfg.n_groups, cfg.d_state, cfg.d_conv
+        h, p, g, n = cfg.n_heads, cfg.headdim, cfg.n_groups, cfg.d_state
         z, xBC, dt = torch.split(self.in_proj(u), [cfg.d_inner, cfg.conv_dim, h], dim=-1)
 
-        # Causal depthwise conv, left-padded with the previous piece's last k-1 inputs. Written
-        # as k shifted multiply-adds in (b, l, channels) layout: on CPU 2-3x faster (forward +
-        # backward) than conv1d, which needs two transposed copies of the whole sequence.
-        if conv_state is None:
-            prefix = xBC.new_zeros(b, k - 1, cfg.conv_dim)
-        else:
-            prefix = conv_state.to(xBC.dtype)
-        xpad = torch.cat([prefix, xBC], dim=1)                        # (b, k-1+l, conv_dim)
-        new_conv_state = None
-        if return_state:  # a copy, so the state does not keep the whole piece alive
-            new_conv_state = xpad[:, xpad.shape[1] - (k - 1):].to(torch.float32, copy=True)
-        w = self.conv1d.weight[:, 0, :].to(xpad.dtype)                # (conv_dim, k)
-        acc = xpad[:, k - 1:] * w[:, k - 1]
-        if self.conv1d.bias is not None:
-            acc = acc + self.conv1d.bias.to(xpad.dtype)
-        for j in range(k - 1):
-            acc = torch.addcmul(acc, xpad[:, j:j + length], w[:, j])
+        acc, new_conv_state = causal_conv(xBC, self.conv1d, conv_state, return_state)
         xBC = F.silu(acc)                                             # (b, l, conv_dim)
 
         x, B, C = torch.split(xBC, [cfg.d_inner, g * n, g * n], dim=-1)
@@ -125,8 +148,19 @@ class Mamba2Mixer(nn.Module):
         return y
 
 
+def mixer_class(name: str) -> type[nn.Module]:
+    """The mixer class for ``ModelConfig.mixer``."""
+    if name == "mamba1":
+        from genossm.model.mamba1 import Mamba1Mixer  # here: mamba1 imports this module
+        return Mamba1Mixer
+    if name == "mamba2":
+        return Mamba2Mixer
+    raise ValueError(f"unknown mixer {name!r}")
+
+
 class Block(nn.Module):
-    """Pre-norm residual block: h + mixer(norm(h)).
+    """Pre-norm residual block: h + mixer(norm(h)), the mixer chosen by ``cfg.mixer``
+    (Mamba2Mixer, or Mamba1Mixer from genossm/model/mamba1.py).
 
     Bidirectional (Caduceus BiMamba style): the same mixer also reads the sequence reversed and
     the two outputs are summed, mixer(u) + flip(mixer(flip(u))), in one batched call.
@@ -141,7 +175,7 @@ class Block(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.mixer = Mamba2Mixer(cfg)
+        self.mixer = mixer_class(cfg.mixer)(cfg)
 
     def forward(self, h, state=None, *, return_state=False, backend=None, checkpoint_length=0):
         """h (b, l, d_model) -> h + mix; with ``return_state`` also the new (conv, ssm) state.
