@@ -61,6 +61,15 @@ def _given(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in _PARSER_KEYS}
 
 
+def _cmd_convert(args) -> int:
+    from genossm.convert import convert
+
+    kw = _given(args)
+    output = convert(kw.pop("source"), kw.pop("output"), **kw)
+    print(f"genossm convert: wrote {output} from the mamba_ssm checkpoint {args.source}")
+    return 0
+
+
 def _given_with_threads(args) -> dict:
     """``_given`` for a command that runs a model: --threads is applied to torch here."""
     from genossm.runtime import set_threads
@@ -328,6 +337,18 @@ def _add_embed(sub) -> None:
     p.set_defaults(func=_cmd_embed)
 
 
+def _add_convert(sub) -> None:
+    p = _stage_parser(sub, "convert", help="a published checkpoint -> model directory",
+                      description="Read a checkpoint made by the official mamba_ssm code "
+                                  "(MambaLMHeadModel, Mamba-1 or Mamba-2 layers: config.json "
+                                  "with model.safetensors or pytorch_model.bin) into a genossm "
+                                  "model directory with the same logits.")
+    p.add_argument("source", type=Path, metavar="SRC", help="the checkpoint directory")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="MODEL_DIR")
+    _add_force(p)
+    p.set_defaults(func=_cmd_convert)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="genossm",
@@ -342,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_score(sub)
     _add_embed(sub)
+    _add_convert(sub)
     for command in sub.choices.values():   # --debug is accepted after the subcommand too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show full tracebacks on errors")

@@ -125,6 +125,10 @@ def _model_config(cfg: dict, path: Path) -> ModelConfig:
     def refuse(field, message):
         raise InputError(path, message, place=field)
 
+    if "model_type" in cfg or "architectures" in cfg:   # a Transformers config, not mamba_ssm's
+        kind = cfg.get("model_type") or ", ".join(cfg.get("architectures") or [])
+        refuse("model_type", f"a {kind} checkpoint; only the official mamba_ssm "
+                             "MambaLMHeadModel format can be read so far")
     unknown = sorted(set(cfg) - set(_TOP_FIELDS))
     if unknown:
         refuse(unknown[0], "unknown MambaConfig field")

@@ -171,3 +171,21 @@ def test_tied_head_may_be_absent(tmp_path):
     cfg["tie_embeddings"] = False
     (src / "config.json").write_text(json.dumps(cfg))
     one_line_error(src, "model.safetensors", "lm_head.weight", "missing")
+
+
+def test_the_convert_command(tmp_path, capsys):
+    """`genossm convert SRC -o DST` writes the model directory; a Caduceus checkpoint (not read
+    yet) and an output that is the source are one-line errors."""
+    from genossm.cli import main
+
+    dst = tmp_path / "converted"
+    assert main(["convert", str(FIXTURE), "-o", str(dst)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert load_model(dst).config.n_layer == 2
+    cases = [(["convert", str(FIXTURE.parent / "caduceus_ph_tiny"), "-o", str(tmp_path / "c")],
+              "a caduceus checkpoint"),
+             (["convert", str(FIXTURE), "-o", str(FIXTURE / "inside"), "--force"], "input")]
+    for argv, words in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("genossm: error: ") and words in err[0], err
