@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import torch
@@ -255,10 +254,9 @@ def read_mamba_ssm(src_dir) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     rows = list(range(alphabet.NUM_BASE_CODES)) + [MASK_SOURCE_ID]   # A C G T N, then MASK
     out = {"embedding.weight": emb[rows],
            "norm_f.weight": tensors["backbone.norm_f.weight"]}
-    prefix = re.compile(r"^backbone\.")
     for key in shapes:
         if key.startswith("backbone.layers."):
-            out[prefix.sub("", key)] = tensors[key]
+            out[key.removeprefix("backbone.")] = tensors[key]
     out = {k: v.detach().to(torch.float32).clone().contiguous() for k, v in out.items()}
     out["lm_head.weight"] = out["embedding.weight"]
     return config, out
@@ -271,8 +269,7 @@ def convert(src_dir, output, *, force: bool = False) -> Path:
     claim_outputs([(output, MODEL_DIR)], inputs=[src], force=force)
     config, state = read_mamba_ssm(src)
     model = GenoSSM(config)
-    model.load_state_dict(state, strict=True)
-    model.lm_head.weight = model.embedding.weight
+    model.load_state_dict(state, strict=True)   # lm_head stays tied: one Parameter
     source = {"format": SOURCE_FORMAT, "path": str(src.resolve()),
               "config": _plain_json(_read_config(src / CONFIG_NAME)),
               "vocab_rows": {"A": 0, "C": 1, "G": 2, "T": 3, "N": 4, "MASK": MASK_SOURCE_ID}}

@@ -48,7 +48,7 @@ from genossm import __version__, alphabet
 from genossm.errors import InputError
 from genossm.fileio import OutputKind, StagedOutputs, claim_outputs
 from genossm.model import GenoSSM
-from genossm.reference import Reference, reference_files
+from genossm.reference import Reference
 from genossm.regions import STRANDS, Region, check_inside, read_bed
 from genossm.runtime import open_model
 
@@ -263,7 +263,7 @@ def embed(model_dir, fasta, output, *, bed=None, per_base: bool = False, layer: 
     ``model_dir`` into the Zarr group ``output`` (layout in the module docstring). Returns a
     summary: output, regions, bases, width."""
     output = Path(output)
-    claim_outputs([(output, EMBEDDINGS)], inputs=[model_dir, *reference_files(fasta), bed],
+    claim_outputs([(output, EMBEDDINGS)], inputs=[model_dir, fasta, bed],
                   force=force)
     for option, value in (("--chunk-length", chunk_length), ("--max-length", max_length)):
         if value < 1:

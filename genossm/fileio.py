@@ -97,14 +97,26 @@ def recover(path) -> None:
     them, on this host, no longer runs."""
     path = Path(path)
     siblings = _siblings(path)
-    aside = [s for s in siblings if s[0] == "old"]
+    # a writer still running here may be between its two renames: leave its old output to it
+    aside = [s for s in siblings if s[0] == "old"
+             and not (s[1] == _HOST and (s[2] == os.getpid() or _running(s[2])))]
     if aside and not (path.exists() or path.is_symlink()):
-        newest = max(aside, key=lambda s: s[3].stat().st_mtime)
-        os.rename(newest[3], path)
+        newest = max(aside, key=lambda s: _mtime(s[3]))
+        try:
+            os.rename(newest[3], path)
+        except FileNotFoundError:   # another process (a torchrun rank) recovered it first
+            pass
         siblings.remove(newest)
     for _, host, pid, entry in siblings:
         if host == _HOST and pid != os.getpid() and not _running(pid):
             _remove(entry)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return -1.0
 
 
 def _finish_file(path: Path) -> None:
@@ -113,9 +125,21 @@ def _finish_file(path: Path) -> None:
     if path.is_file() and not path.is_symlink():
         with open(path, "rb+") as f:
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(path, 0o666 & ~umask)
+        os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (setting it to read
+    it, the portable way, would briefly give other threads' new files the wrong mode)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 class StagedOutputs:
@@ -135,7 +159,6 @@ class StagedOutputs:
             raise InputError(output, f"cannot write ({e.strerror})") from None
         if not os.access(output.parent, os.W_OK):
             raise InputError(output, "cannot write (Permission denied)")
-        recover(output)
         tmp = temporary_sibling(output)
         self._staged.append((tmp, output))
         return tmp
@@ -227,7 +250,9 @@ def _same_or_nested(a: Path, b: Path) -> bool:
 def claim_outputs(outputs: Iterable[tuple[Path, OutputKind]], *, inputs: Iterable,
                   force: bool) -> None:
     """Check each (output path, kind) against the output policy (module docstring) before a
-    command reads or writes anything; InputError with one line otherwise."""
+    command reads or writes anything; InputError with one line otherwise. What a killed writer
+    left at an output is recovered first (``recover``), so that an old output it had moved
+    aside is judged like any other: replaced only with ``--force`` and only if it is ours."""
     sources = []
     for p in inputs:
         if p is None:
@@ -242,6 +267,7 @@ def claim_outputs(outputs: Iterable[tuple[Path, OutputKind]], *, inputs: Iterabl
             if _same_or_nested(resolved, source):
                 raise InputError(path, f"is an input of this run ({given}), or holds or lies "
                                        "inside one; choose another output path")
+        recover(path)
         if not (path.exists() or path.is_symlink()):
             continue
         if not force:

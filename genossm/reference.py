@@ -27,12 +27,6 @@ _NOT_SPACE = re.compile(rb"\S")
 _UNREADABLE = (OSError, EOFError, zlib.error, gzip.BadGzipFile, igzip_lib.IsalError)
 
 
-def reference_files(path) -> list[Path]:
-    """The FASTA and the index files htslib reads, or builds when they are missing, beside it:
-    inputs of every run that reads it (for fileio.claim_outputs)."""
-    return [Path(path), Path(f"{path}.fai"), Path(f"{path}.gzi")]
-
-
 class Reference:
     """An indexed FASTA: its contig lengths, and codes or text of any region."""
 
@@ -139,15 +133,22 @@ class Reference:
             raise InputError(self.name, str(e),
                              place=f"contig {contig!r} from base {start}") from None
 
-    def codes(self, contig: str, start: int, end: int) -> np.ndarray:
+    def inside(self, contig: str, start: int, end: int) -> tuple[int, int]:
+        """[start, end) clipped to the contig."""
+        return max(start, 0), min(end, self.lengths[contig])
+
+    def codes(self, contig: str, start: int, end: int, text: str | None = None) -> np.ndarray:
         """Codes of [start, end); the part outside the contig (start < 0 or end past its
-        length) is N."""
-        lo, hi = max(start, 0), min(end, self.lengths[contig])
+        length) is N. ``text``: the letters of the part inside (``inside``), when the caller
+        has already fetched them."""
+        lo, hi = self.inside(contig, start, end)
+        if text is None:
+            text = self.text(contig, lo, hi) if hi > lo else ""
         if lo == start and hi == end:
-            return self.encode(self.text(contig, lo, hi), contig, lo)
+            return self.encode(text, contig, lo)
         out = np.full(end - start, alphabet.N, np.uint8)
         if hi > lo:
-            out[lo - start:hi - start] = self.encode(self.text(contig, lo, hi), contig, lo)
+            out[lo - start:hi - start] = self.encode(text, contig, lo)
         return out
 
     def close(self) -> None:

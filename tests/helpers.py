@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 from pathlib import Path
 
 import pysam
@@ -43,3 +44,24 @@ def write_fasta(path: Path, records, *, width: int = 60, newline: str = "\n",
     else:
         path.write_bytes(data)
     return path
+
+
+def one_error_line(capsys, *parts) -> None:
+    """stderr (captured by ``capsys``) is one genossm error line, holding every one of
+    ``parts``."""
+    err = capsys.readouterr().err
+    assert err.startswith("genossm: error: ") and err.count("\n") == 1 and \
+        all(part in err for part in parts), err
+
+
+def unwritable_dir(tmp_path) -> Path:
+    """A directory no file can be made in: /sys for root, else a read-only one."""
+    path = Path("/sys") if os.geteuid() == 0 else tmp_path / "read_only"
+    path.mkdir(mode=0o555, exist_ok=True)
+    return path
+
+
+def files(directory) -> dict:
+    """Every file under ``directory`` (relative path -> bytes): outputs and inputs unchanged."""
+    return {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")
+            if p.is_file()}

@@ -4,7 +4,6 @@ layers, FASTA-records mode, non-causal models, and bad input."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import zarr
 
 from genossm.cli import main
 from genossm.model import GenoSSM, ModelConfig, save_model
-from helpers import CHR20, LAMBDA, fasta_records, write_fasta
+from helpers import CHR20, LAMBDA, fasta_records, files, one_error_line, unwritable_dir, write_fasta
 
 CODES = {base: code for code, base in enumerate("ACGTN")}
 RC = str.maketrans("ACGTN", "TGCAN")
@@ -204,18 +203,6 @@ def test_bad_bed(causal, tmp_path, capsys, line, message):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def one_error_line(capsys, *parts) -> None:
-    """stderr is one genossm error line, holding every one of ``parts``."""
-    err = capsys.readouterr().err
-    assert err.startswith("genossm: error: ") and err.count("\n") == 1 and \
-        all(part in err for part in parts), err
-
-
-def files(directory) -> dict:
-    return {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")
-            if p.is_file()}
-
-
 def test_existing_output_needs_force(causal, bed, tmp_path, capsys):
     _, model_dir = causal
     out = tmp_path / "e.zarr"
@@ -273,13 +260,6 @@ def test_fasta_records_that_the_index_hides_are_refused(causal, tmp_path, capsys
     assert run_embed(model_dir, out, fasta=fasta) == 2
     one_error_line(capsys, f"{fasta}: {culprit}")
     assert not out.exists()
-
-
-def unwritable_dir(tmp_path) -> Path:
-    """A directory no file can be made in: /sys for root, else a read-only one."""
-    path = Path("/sys") if os.geteuid() == 0 else tmp_path / "read_only"
-    path.mkdir(mode=0o555, exist_ok=True)
-    return path
 
 
 @pytest.mark.parametrize("place", ["unwritable", "under a file"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from genossm.evaluate import MASK_FRACTION, MASK_SEED
 from genossm.markov import MarkovBaseline
 from genossm.model import GenoSSM, ModelConfig, save_model
 from genossm.tokenize import tokenize
-from helpers import CHR20, LAMBDA, fasta_records, write_fasta
+from helpers import CHR20, LAMBDA, fasta_records, files, one_error_line, unwritable_dir, write_fasta
 
 SEQ_LEN = 64
 MAX_ORDER = 4
@@ -272,21 +271,9 @@ def test_masked_lm_scored_on_masked_positions(tmp_path, store, sequences):
 
 # --- the output policy, staging and bad input ----------------------------------------------------
 
-def files(directory) -> dict:
-    return {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")
-            if p.is_file()}
-
-
 def evaluate_cli(model_dir, store, out, *args) -> int:
     return main(["evaluate", str(model_dir), str(store), "-o", str(out), "--markov-max-order",
                  str(MAX_ORDER), "--max-windows", "2", "-q", *map(str, args)])
-
-
-def one_error_line(capsys, *parts) -> None:
-    """stderr is one genossm error line, holding every one of ``parts``."""
-    err = capsys.readouterr().err
-    assert err.startswith("genossm: error: ") and err.count("\n") == 1 and \
-        all(part in err for part in parts), err
 
 
 def test_an_input_is_never_an_output_even_with_force(clm, store, tmp_path, capsys):
@@ -351,13 +338,6 @@ def test_a_failure_leaves_no_plot_no_metrics_and_the_old_outputs(clm, store, tmp
     with pytest.raises(RuntimeError, match="failed half way"):
         evaluate_cli(model_dir, store, out, "--force")
     assert files(tmp_path) == old
-
-
-def unwritable_dir(tmp_path) -> Path:
-    """A directory no file can be made in: /sys for root, else a read-only one."""
-    path = Path("/sys") if os.geteuid() == 0 else tmp_path / "read_only"
-    path.mkdir(mode=0o555, exist_ok=True)
-    return path
 
 
 @pytest.mark.parametrize("option", ["-o", "--plots"])

@@ -125,7 +125,7 @@ def leftovers(directory: Path) -> list[Path]:
     return [p for p in directory.rglob("*") if ".genossm-" in p.name]
 
 
-def one_error_line(capfd, argv) -> str:
+def run_to_one_error_line(capfd, argv) -> str:
     """Run a command that must fail on its input; return its one error line."""
     capfd.readouterr()
     status = call([*argv, "-q"])
@@ -180,7 +180,7 @@ def test_an_output_that_is_an_input_is_refused_even_with_force(world, tmp_path, 
          world / "regions.bed", "-o", world / "regions.bed"],
     ]
     for argv in cases:
-        line = one_error_line(capfd, [*argv, "--force"])
+        line = run_to_one_error_line(capfd, [*argv, "--force"])
         assert "input" in line, line
     assert digest(world) == before
     assert chrom_map.read_text() == "20\t20\n" and link.resolve() == world / "genome.fa"
@@ -199,7 +199,7 @@ def test_force_replaces_only_what_genossm_wrote(stage, world, tmp_path, capfd):
         out.mkdir()
         (out / "notes.txt").write_text("a user's file\n")
     before = digest(tmp_path)
-    line = one_error_line(capfd, [*commands(world, out)[stage], "--force"])
+    line = run_to_one_error_line(capfd, [*commands(world, out)[stage], "--force"])
     assert "not a genossm" in line or "genossm wrote" in line, line
     assert digest(tmp_path) == before and not leftovers(tmp_path)
 
@@ -211,7 +211,7 @@ def test_an_existing_output_is_refused_without_force_and_replaced_with_it(stage,
     argv = commands(world, out)[stage]
     run_ok(argv)
     first = digest(tmp_path)
-    assert "output exists" in one_error_line(capfd, argv)
+    assert "output exists" in run_to_one_error_line(capfd, argv)
     assert digest(tmp_path) == first
     run_ok([*argv, "--force"])
     assert not leftovers(tmp_path)
@@ -220,7 +220,7 @@ def test_an_existing_output_is_refused_without_force_and_replaced_with_it(stage,
 @pytest.mark.parametrize("stage", list(OUTPUT_NAMES))
 def test_an_output_place_that_cannot_be_written_is_one_line(stage, world, capfd):
     out = Path("/proc/no-such-directory") / OUTPUT_NAMES[stage]   # unwritable, even by root
-    assert "cannot write" in one_error_line(capfd, commands(world, out)[stage])
+    assert "cannot write" in run_to_one_error_line(capfd, commands(world, out)[stage])
 
 
 # --------------------------------------------------------------------------- 4. signals

@@ -8,7 +8,6 @@ import csv
 import gzip
 import os
 import stat
-from pathlib import Path
 
 import numpy as np
 import pysam
@@ -19,7 +18,7 @@ from genossm.cli import main
 from genossm.errors import InputError
 from genossm.model import GenoSSM, ModelConfig, save_model
 from genossm.score import score_vcf
-from helpers import CHR20, DATA, fasta_records, write_fasta
+from helpers import CHR20, DATA, fasta_records, one_error_line, unwritable_dir, write_fasta
 
 VCF4 = DATA / "tabix_4.chr20_1-2000000.vcf"      # SNVs, 383 samples, some 8-column lines
 VCF5 = DATA / "tabix_5.chr20_1-2000000.vcf"      # 280 indels, VCF 4.0, no ##contig lines
@@ -503,20 +502,6 @@ def test_plain_gzip_vcf_scores_like_the_bgzipped_copy(causal, tmp_path):
 def score_cli(model_dir, vcf, *args) -> int:
     return main(["score", str(vcf), "--fasta", str(CHR20), "--model", str(model_dir),
                  "--window", "32", "-q", "--threads", "1", "--device", "cpu", *map(str, args)])
-
-
-def one_error_line(capsys, *parts) -> None:
-    """stderr is one genossm error line, holding every one of ``parts``."""
-    err = capsys.readouterr().err
-    assert err.startswith("genossm: error: ") and err.count("\n") == 1 and \
-        all(part in err for part in parts), err
-
-
-def unwritable_dir(tmp_path) -> Path:
-    """A directory no file can be made in: /sys for root, else a read-only one."""
-    path = Path("/sys") if os.geteuid() == 0 else tmp_path / "read_only"
-    path.mkdir(mode=0o555, exist_ok=True)
-    return path
 
 
 def test_an_input_is_never_an_output_even_with_force(causal, tmp_path, capsys):

@@ -148,10 +148,6 @@ class ModelDir:
     def config_path(self) -> Path:
         return self.path / CONFIG_NAME
 
-    def exists(self) -> bool:
-        """Whether the directory holds a model (a config.json)."""
-        return self.config_path.is_file()
-
     # --- config and weights ---------------------------------------------------------------
     def info(self) -> dict:
         """The whole config.json, checked (FileNotFoundError, ValueError)."""
@@ -253,11 +249,7 @@ class ModelDir:
 
     def read_checkpoint(self, device) -> Checkpoint:
         """The training section, train state and metrics up to the checkpoint's step."""
-        try:
-            info = self.info()
-        except (FileNotFoundError, ValueError) as e:
-            raise InputError(None, str(e)) from None
-        training = TrainingInfo.from_json(info.get("training"), self.config_path)
+        training = self.training()
         state = self.read_train_state(device)
         # lines logged after the checkpoint will be logged again
         metrics = [m for m in self.read_metrics() if m.get("step", 0) <= state["step"]]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from genossm.errors import InputError
 from genossm.fileio import StagedOutputs, claim_outputs
 from genossm.plots import PLOT, plot_score_distributions
-from genossm.reference import Reference, reference_files
+from genossm.reference import Reference
 from genossm.runtime import open_model
 from genossm.score.haplotypes import Annotator
 from genossm.score.output import (
@@ -68,7 +68,7 @@ def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAUL
                      "the table (--table)": table, "the plot (--plot)": plot})
     claim_outputs([(output, SCORED_VCF), (index, SCORED_VCF_INDEX), (table, SCORE_TABLE)]
                   + ([] if plot is None else [(Path(plot), PLOT)]),
-                  inputs=[vcf, *reference_files(fasta), model_dir, chrom_map], force=force)
+                  inputs=[vcf, fasta, model_dir, chrom_map], force=force)
     source = VariantSource(vcf)
     with Reference(fasta) as reference:
         resolver = ContigResolver(reference.lengths, rename_chroms,

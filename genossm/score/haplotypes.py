@@ -68,9 +68,12 @@ class Annotator:
         end = start + len(record.ref)
         if start < 0 or end > self.reference.lengths[contig] or not record.ref:
             return None
-        if self.reference.text(contig, start, end).upper() != record.ref.upper():
+        lo, hi = self.reference.inside(contig, start - self.left_length, end + self.right_length)
+        text = self.reference.text(contig, lo, hi)   # one fetch for the REF check and the window
+        if text[start - lo:end - lo].upper() != record.ref.upper():
             return None
-        window = self.reference.codes(contig, start - self.left_length, end + self.right_length)
+        window = self.reference.codes(contig, start - self.left_length, end + self.right_length,
+                                      text)
         return window[:self.left_length], window[self.left_length + len(record.ref):]
 
 

@@ -44,7 +44,8 @@ def is_scored_vcf(path) -> bool:
 
 def is_scored_vcf_index(path) -> bool:
     """Whether ``path`` is the tabix index of a VCF that genossm score wrote: tabix's magic, and
-    beside it that VCF (or none: a run stopped between its renames)."""
+    beside it that VCF (an index with no VCF beside it is not known to be ours; one that a run
+    stopped between its renames had moved aside is put back by fileio.recover)."""
     path = Path(path)
     vcf = path.with_name(path.name.removesuffix(".tbi"))
     try:
@@ -52,7 +53,7 @@ def is_scored_vcf_index(path) -> bool:
             magic = fh.read(len(TABIX_MAGIC))
     except _UNREADABLE:
         return False
-    return magic == TABIX_MAGIC and (not vcf.exists() or is_scored_vcf(vcf))
+    return magic == TABIX_MAGIC and vcf.exists() and is_scored_vcf(vcf)
 
 
 def is_score_table(path) -> bool:

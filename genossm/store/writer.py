@@ -286,23 +286,23 @@ class StoreWriter:
         self.threads = max(1, threads)
         self.pool: _WritePool | None = None
         self.staged = StagedOutputs()
-        self.tmp_path: Path | None = None
         self.group = None
         self.contig_index: dict[str, str] = {}
         self.contig_places: dict[str, str] = {}
         self._reads: ReadsWriter | None = None
 
     def __enter__(self) -> StoreWriter:
-        self.tmp_path = self.staged.directory(self.path)
-        self.group = zarr.open_group(str(self.tmp_path), mode="w", zarr_format=3)
+        tmp = self.staged.directory(self.path)
+        self.group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         self.group.require_group("contigs")
         self.pool = _WritePool(self.threads)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        """Leaving the block without ``commit`` (by an exception or not) removes the temporary
+        store; after ``commit`` there is nothing left to remove."""
         self.pool.close()
-        if exc_type is not None:
-            self.abort()
+        self.staged.discard()
 
     def add_contig(self, name: str, place) -> ContigWriter:
         """Start a new contig. ``place`` (file and record; formatted with str() only when a
@@ -349,6 +349,3 @@ class StoreWriter:
         }
         self.staged.commit()
         return self.path
-
-    def abort(self) -> None:
-        self.staged.discard()

@@ -183,12 +183,14 @@ def _alignments(reads, filt: ReadFilter, reference_id):
     """(record number, name, sequence, fields) of each read that passes ``filt``, or (record
     number, reason) for one that does not."""
     for number, read in enumerate(reads, start=1):
-        seq = read.query_sequence
         if read.flag & filt.exclude_flags:
             yield number, "flag"
-        elif read.mapping_quality < filt.min_mapq:
+            continue
+        if read.mapping_quality < filt.min_mapq:
             yield number, "mapq"
-        elif not seq:
+            continue
+        seq = read.query_sequence   # decoded only for reads past the flag and MAPQ filters
+        if not seq:
             yield number, "no_sequence"
         elif len(seq) < filt.min_length:
             yield number, "length"
