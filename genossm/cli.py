@@ -66,7 +66,17 @@ def _cmd_convert(args) -> int:
 
     kw = _given(args)
     output = convert(kw.pop("source"), kw.pop("output"), **kw)
-    print(f"genossm convert: wrote {output} from the mamba_ssm checkpoint {args.source}")
+    print(f"genossm convert: wrote {output} from {args.source}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from genossm.hf import export
+
+    kw = _given(args)
+    output = export(kw.pop("model_dir"), kw.pop("output"), **kw)
+    print(f"genossm export: wrote {output} (transformers: AutoModelForCausalLM."
+          "from_pretrained and AutoTokenizer.from_pretrained read it)")
     return 0
 
 
@@ -159,6 +169,30 @@ def _cmd_score(args) -> int:
     return 0
 
 
+def _cmd_split_calls(args) -> int:
+    from genossm.score.parts import format_split_summary, split_calls
+
+    kw = _given(args)
+    print(format_split_summary(split_calls(kw.pop("vcf"), kw.pop("output"), **kw)))
+    return 0
+
+
+def _cmd_gather_scores(args) -> int:
+    from genossm.score.parts import format_gather_summary, gather_scores
+
+    kw = _given(args)
+    print(format_gather_summary(gather_scores(kw.pop("parts"), kw.pop("output"), **kw)))
+    return 0
+
+
+def _cmd_benchmark(args) -> int:
+    from genossm.benchmark import benchmark, format_summary
+
+    kw = _given(args)
+    print(format_summary(benchmark(kw.pop("scored"), kw.pop("output"), **kw), args.output))
+    return 0
+
+
 def _cmd_embed(args) -> int:
     from genossm.embed import embed
 
@@ -194,6 +228,12 @@ def _add_force(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace an existing output that genossm wrote (never an input of the "
                         "run, never anything genossm did not write)")
+
+
+def _add_beyond_trained_length(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beyond-trained-length", action="store_true",
+                   help="let a model that reads a window whole (bidirectional, "
+                        "rc_equivariant) read windows longer than it was trained on")
 
 
 def _add_quiet(p: argparse.ArgumentParser) -> None:
@@ -259,7 +299,9 @@ def _add_evaluate(sub) -> None:
                                   "validation split, or --regions) in bits per base, against "
                                   "a k-mer Markov baseline fit on its training data; write "
                                   "METRICS.json and plots.")
-    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
+                   help="a genossm model directory, or a checkpoint directory that genossm "
+                        "convert reads (converted in memory; needs --regions)")
     p.add_argument("store", type=Path, metavar="STORE.zarr")
     p.add_argument("--regions", dest="regions_bed", type=Path, metavar="BED",
                    help="evaluate these regions instead of the model's validation split")
@@ -272,6 +314,9 @@ def _add_evaluate(sub) -> None:
                    help="highest Markov order tried (0..12)")
     p.add_argument("--max-windows", type=int, metavar="N",
                    help="windows of the training length for bits by position")
+    p.add_argument("--window", type=int, metavar="W",
+                   help="length of a masked model's windows and of the bits-by-position "
+                        "windows (not given: the length the model was trained on)")
     _add_force(p)
     _add_quiet(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -288,7 +333,9 @@ def _add_score(sub) -> None:
     p.add_argument("vcf", type=Path, metavar="VCF", help="VCF (plain or bgzipped) or BCF")
     p.add_argument("--fasta", required=True, type=Path, metavar="FA",
                    help="reference FASTA, plain or bgzipped, faidx-indexed")
-    p.add_argument("--model", dest="model_dir", required=True, type=Path, metavar="MODEL_DIR")
+    p.add_argument("--model", dest="model_dir", required=True, type=Path, metavar="MODEL_DIR",
+                   help="a genossm model directory, or a checkpoint directory that genossm "
+                        "convert reads (converted in memory)")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.vcf.gz")
     p.add_argument("--table", type=Path, metavar="OUT.tsv",
                    help="one row per (record, alt allele) (not given: OUT.tsv beside "
@@ -297,6 +344,11 @@ def _add_score(sub) -> None:
                    help="also draw the distributions of the scores (LLR, cosine distance)")
     p.add_argument("--window", type=int, metavar="W",
                    help="haplotype window centred on the variant, in bases")
+    p.add_argument("--left-context", metavar="C",
+                   help="causal models: score each variant given the upstream sequence a "
+                        "stream has read, C to 2C bases (streams start at multiples of C), or "
+                        "'contig' for everything upstream; the right flank stays W/2 (not "
+                        "given: windowed mode, the window's left flank)")
     p.add_argument("--batch-size", type=int, metavar="B", help="sequences per model call")
     _add_runtime_options(p)
     names = p.add_mutually_exclusive_group()
@@ -306,16 +358,111 @@ def _add_score(sub) -> None:
                        help="two tab-separated columns: VCF contig name, FASTA contig name")
     p.add_argument("--no-prefix-reuse", dest="prefix_reuse", action="store_false",
                    help="run each haplotype from its start (slower; same scores)")
+    _add_beyond_trained_length(p)
     _add_force(p)
     _add_quiet(p)
     p.set_defaults(func=_cmd_score)
+
+
+def _add_split_calls(sub) -> None:
+    p = sub.add_parser("split-calls", argument_default=argparse.SUPPRESS,
+                       help="VCF/BCF -> N part VCFs to score as separate jobs",
+                       description="Split a call set into N parts balanced by record count, "
+                                   "cut only between contigs or positions (records at one "
+                                   "position stay together), for `genossm score` to score "
+                                   "each part as its own job and `genossm gather-scores` to "
+                                   "gather them into what one job would have written. Writes "
+                                   "PARTS_DIR/1-of-N.vcf.gz .. N-of-N.vcf.gz: bgzipped VCF "
+                                   "with the call set's header (and a ##genossm_part line) and "
+                                   "the part's records, in input order, as their text (a BCF's "
+                                   "records as htslib writes them in VCF); parts beyond the "
+                                   "last record hold the header only.")
+    p.add_argument("vcf", type=Path, metavar="VCF", help="VCF (plain or compressed) or BCF, "
+                                                         "sorted")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="PARTS_DIR",
+                   help="directory for the parts")
+    p.add_argument("--parts", required=True, type=_positive_int, metavar="N",
+                   help="number of parts (the parts of a call set in all, not per contig)")
+    _add_force(p)
+    p.set_defaults(func=_cmd_split_calls)
+
+
+def _add_gather_scores(sub) -> None:
+    p = sub.add_parser("gather-scores", argument_default=argparse.SUPPRESS,
+                       help="scored parts -> one scored VCF + table",
+                       description="Gather the parts of a call set that `genossm split-calls` "
+                                   "wrote and `genossm score` scored into one bgzipped, "
+                                   "tabix-indexed VCF and one table: the records and rows in "
+                                   "the call set's order, as one `genossm score` job would "
+                                   "have written them. Each part's table is read from beside "
+                                   "its VCF (PART.tsv for PART.vcf.gz). Every part of the split "
+                                   "must be given, once, in any order, all scored alike.")
+    p.add_argument("parts", nargs="+", type=Path, metavar="PART.vcf.gz",
+                   help="the scored parts (genossm score's outputs for the parts)")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.vcf.gz")
+    p.add_argument("--table", type=Path, metavar="OUT.tsv",
+                   help="the gathered table (not given: OUT.tsv beside OUT.vcf.gz)")
+    p.add_argument("--plot", type=Path, metavar="OUT.png",
+                   help="also draw the distributions of the scores (LLR, cosine distance)")
+    _add_force(p)
+    p.set_defaults(func=_cmd_gather_scores)
+
+
+def _add_benchmark(sub) -> None:
+    p = _stage_parser(sub, "benchmark", help="scored variants + labels -> AUROC, AUPRC, "
+                                             "Spearman (metrics JSON + table + plots)",
+                      description="Measure how well each score of `genossm score` (-LLR, so "
+                                  "that higher means more damaging; cosine and L2 distance) "
+                                  "separates labelled variants: AUROC, AUPRC (average "
+                                  "precision) and Spearman's rho with bootstrap 95% "
+                                  "confidence intervals, overall and per group, and the "
+                                  "labelled alleles without a score, by status. Writes "
+                                  "METRICS.json, a table and ROC, precision-recall and "
+                                  "score-by-label PNGs.")
+    p.add_argument("scored", type=Path, metavar="SCORED",
+                   help="a scored VCF (genossm score's OUT.vcf.gz) or its table (OUT.tsv, "
+                        "extra columns welcome)")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="METRICS.json")
+    p.add_argument("--table", type=Path, metavar="METRICS.tsv",
+                   help="one row per (group, score) (not given: METRICS.tsv beside "
+                        "METRICS.json)")
+    p.add_argument("--plots", dest="plots_dir", type=Path, metavar="DIR",
+                   help="directory for the PNGs METRICS.roc.png, .pr.png, .by_label.png (not "
+                        "given: beside METRICS.json)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--label-info", metavar="KEY",
+                        help="labels from this INFO key of the scored VCF (a Flag: present "
+                             "is positive)")
+    source.add_argument("--label-column", metavar="NAME",
+                        help="labels from this column of --labels TSV, else of the score "
+                             "table given as SCORED")
+    p.add_argument("--labels", type=Path, metavar="TSV",
+                   help="labels joined to the scored alleles on its chrom, pos, ref, alt "
+                        "columns")
+    p.add_argument("--positive", metavar="VALUES",
+                   help="comma-separated label values that count as positive, or thresholds "
+                        "on numeric labels ('<-1.3', '>=0.5')")
+    p.add_argument("--negative", metavar="VALUES",
+                   help="only these count as negative, the rest are left out (not given: "
+                        "every label that is not positive)")
+    p.add_argument("--group-by", metavar="FIELD",
+                   help="also per value of this INFO key (with --label-info) or column (of "
+                        "the labels' TSV), e.g. a consequence")
+    p.add_argument("--bootstrap", type=int, metavar="N",
+                   help="bootstrap resamples for the confidence intervals (0: none)")
+    p.add_argument("--seed", type=int, help="seed of the bootstrap resamples")
+    _add_force(p)
+    _add_quiet(p)
+    p.set_defaults(func=_cmd_benchmark)
 
 
 def _add_embed(sub) -> None:
     p = _stage_parser(sub, "embed", help="regions of a FASTA -> embeddings (.zarr)",
                       description="Embed regions (BED, or every FASTA record) with a model's "
                                   "hidden states: mean-pooled per region, per base on request.")
-    p.add_argument("--model", dest="model_dir", required=True, type=Path, metavar="MODEL_DIR")
+    p.add_argument("--model", dest="model_dir", required=True, type=Path, metavar="MODEL_DIR",
+                   help="a genossm model directory, or a checkpoint directory that genossm "
+                        "convert reads (converted in memory)")
     p.add_argument("--fasta", required=True, type=Path, metavar="FA",
                    help="indexed FASTA, plain or bgzipped")
     p.add_argument("--bed", type=Path, metavar="BED",
@@ -331,6 +478,10 @@ def _add_embed(sub) -> None:
     _add_chunk_length(p)
     p.add_argument("--max-length", type=int, metavar="N",
                    help="longest region a non-causal model embeds in its one pass")
+    p.add_argument("--strand-halves", action="store_true",
+                   help="an rc_equivariant model's raw 2*d_model hidden states (forward "
+                        "half, channel-flipped reverse half) instead of their average")
+    _add_beyond_trained_length(p)
     _add_runtime_options(p)
     _add_force(p)
     _add_quiet(p)
@@ -338,15 +489,41 @@ def _add_embed(sub) -> None:
 
 
 def _add_convert(sub) -> None:
+    from genossm.convert import FORMATS
+
     p = _stage_parser(sub, "convert", help="a published checkpoint -> model directory",
-                      description="Read a checkpoint made by the official mamba_ssm code "
-                                  "(MambaLMHeadModel, Mamba-1 or Mamba-2 layers: config.json "
-                                  "with model.safetensors or pytorch_model.bin) into a genossm "
-                                  "model directory with the same logits.")
+                      description="Read a checkpoint directory as users download it (config.json "
+                                  "with model.safetensors, or pytorch_model.bin read weights-"
+                                  "only): Caduceus and PlantCaduceus, the official mamba_ssm "
+                                  "LMs (Mamba-1 or Mamba-2 layers), and Hugging Face "
+                                  "Transformers Mamba / Mamba-2 LMs; write a genossm model "
+                                  "directory with the same logits.")
     p.add_argument("source", type=Path, metavar="SRC", help="the checkpoint directory")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="MODEL_DIR")
+    p.add_argument("--from", dest="source_format", choices=FORMATS,
+                   help="the checkpoint's format (default: told by its config.json)")
+    p.add_argument("--vocab", metavar="MAP",
+                   help="source token ids of genossm's symbols, e.g. "
+                        "A=7,C=8,G=9,T=10,N=11,MASK=3 (default: the format's published "
+                        "tokenizer)")
+    p.add_argument("--trained-length", type=int, metavar="N",
+                   help="the sequence length the model was trained on (e.g. 131072 for a "
+                        "131k Caduceus), recorded so that score and embed refuse longer "
+                        "windows for it")
     _add_force(p)
     p.set_defaults(func=_cmd_convert)
+
+
+def _add_export(sub) -> None:
+    p = _stage_parser(sub, "export", help="model directory -> Hugging Face Transformers",
+                      description="Write a causal genossm model (Mamba-1 or Mamba-2 with one "
+                                  "group) as a Hugging Face Transformers directory: "
+                                  "MambaForCausalLM / Mamba2ForCausalLM weights and config, and "
+                                  "a character-level tokenizer with genossm's ids.")
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="HF_DIR")
+    _add_force(p)
+    p.set_defaults(func=_cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,8 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_score(sub)
+    _add_split_calls(sub)
+    _add_gather_scores(sub)
+    _add_benchmark(sub)
     _add_embed(sub)
     _add_convert(sub)
+    _add_export(sub)
     for command in sub.choices.values():   # --debug is accepted after the subcommand too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show full tracebacks on errors")

@@ -67,7 +67,10 @@ def _function_defaults(module: str, function: str):
 STAGE_DEFAULTS = {"tokenize": _tokenize_defaults, "train": _train_defaults,
                   "evaluate": _function_defaults("genossm.evaluate", "evaluate"),
                   "score": _function_defaults("genossm.score", "score_vcf"),
-                  "embed": _function_defaults("genossm.embed", "embed")}
+                  "embed": _function_defaults("genossm.embed", "embed"),
+                  "convert": _function_defaults("genossm.convert", "convert"),
+                  "export": _function_defaults("genossm.hf", "export"),
+                  "benchmark": _function_defaults("genossm.benchmark", "benchmark")}
 
 
 class StageDefaultsHelp(argparse.HelpFormatter):

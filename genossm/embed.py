@@ -8,17 +8,22 @@ Causal models are streamed over each region in pieces of ``chunk_length`` bases,
 model state and fetching the FASTA piece by piece, so memory does not grow with the region's
 length; the result equals one full pass (the model's streaming contract). Non-causal models
 (bidirectional, rc_equivariant) read a region right to left too and take it in one pass, up to
-``max_length`` bases. With ``rc_average`` the other strand is run as well (streamed from the
-region's far end) and the two are averaged position by position; the pooled vector is the mean
-of the two strands' means. An rc_equivariant model already sees both strands (its hidden states
-are [forward strand, reverse strand]), so ``rc_average`` is then skipped with a warning.
+``max_length`` bases, and not beyond the length the model was trained on unless
+``beyond_trained_length``. With ``rc_average`` the other strand is run as well (streamed from
+the region's far end) and the two are averaged position by position; the pooled vector is the
+mean of the two strands' means. An rc_equivariant model already sees both strands: its vector
+is the strand-averaged embedding that PlantCaduceus documents (forward half plus the
+channel-flipped reverse half, halved: ``genossm.model.strand_average``), or with
+``strand_halves`` the raw 2·d_model hidden states (Caduceus's layout); ``rc_average`` is then
+skipped with a warning.
 
 Output, a Zarr v3 group written under a temporary name and renamed when complete (claimed first:
 fileio.claim_outputs; ``EMBEDDINGS`` recognises one that genossm wrote)::
 
     OUT.zarr/
       attrs: genossm = {format: 1, kind: "embeddings", model, model_config, layer, pooling: "mean",
-                        rc_average, per_base, width, fasta, bed, created_by}   (written last)
+                        rc_average, strand_halves, per_base, width, fasta, bed,
+                        created_by}   (written last)
       regions/chrom, regions/name, regions/strand   string [n_regions] (strand "+", "-" or ".")
       regions/start, regions/end                    int64 [n_regions] (0-based, half-open)
       pooled              float32 [n_regions, width]   mean over the region's bases (N included)
@@ -26,7 +31,7 @@ fileio.claim_outputs; ``EMBEDDINGS`` recognises one that genossm wrote)::
       per_base_offsets    int64 [n_regions + 1]        (--per-base) region i is rows
                                                        per_base_offsets[i]:per_base_offsets[i+1]
 
-``width`` is d_model, or 2·d_model for rc_equivariant models; ``layer`` is the resolved index
+``width`` is d_model, or 2·d_model with ``strand_halves``; ``layer`` is the resolved index
 into the residual stream (0 = embedding output, n_layer = the final normalised output).
 """
 
@@ -47,10 +52,10 @@ from tqdm import tqdm
 from genossm import __version__, alphabet
 from genossm.errors import InputError
 from genossm.fileio import OutputKind, StagedOutputs, claim_outputs
-from genossm.model import GenoSSM
+from genossm.model import GenoSSM, strand_average
 from genossm.reference import Reference
 from genossm.regions import STRANDS, Region, check_inside, read_bed
-from genossm.runtime import open_model
+from genossm.runtime import check_window, open_model
 
 log = logging.getLogger("genossm.embed")
 
@@ -96,14 +101,17 @@ class Embedder:
     """Hidden states of one layer over regions of a reference, piece by piece."""
 
     def __init__(self, model: GenoSSM, reference: Reference, *, layer: int,
-                 chunk_length: int):
+                 chunk_length: int, strand_halves: bool = False):
         self.model = model
         self.reference = reference
         self.layer = layer
         self.chunk_length = chunk_length
         self.streaming = model.config.causal
         self.device = model.embedding.weight.device
-        self.width = model.config.d_model * (2 if model.config.rc_equivariant else 1)
+        # an rc_equivariant model's two strand halves, or their average
+        self.averaged = model.config.rc_equivariant and not strand_halves
+        halves = model.config.rc_equivariant and strand_halves
+        self.width = model.config.d_model * (2 if halves else 1)
 
     def pieces(self, length: int, mirrored: bool) -> list[tuple[int, int]]:
         """[lo, hi) pieces of a pass over ``length`` bases. Mirrored pieces put the short one
@@ -125,7 +133,8 @@ class Embedder:
                   for lo, hi in self.pieces(region.length, mirrored))
         if not self.streaming:
             for piece in tokens:
-                yield self.model.hidden_states(piece, self.layer)[0]
+                h = self.model.hidden_states(piece, self.layer)[0]
+                yield strand_average(h) if self.averaged else h
             return
         for piece in self.model.stream(tokens, layer=self.layer):
             yield piece.hidden[0]
@@ -257,7 +266,8 @@ def _write_regions(group, regions: list[Region]) -> None:
 
 def embed(model_dir, fasta, output, *, bed=None, per_base: bool = False, layer: int = -1,
           rc_average: bool = False, chunk_length: int = DEFAULT_CHUNK_LENGTH,
-          max_length: int = DEFAULT_MAX_LENGTH, device="auto", force: bool = False,
+          max_length: int = DEFAULT_MAX_LENGTH, strand_halves: bool = False,
+          beyond_trained_length: bool = False, device="auto", force: bool = False,
           progress: bool = True) -> dict:
     """Embed the regions of ``bed`` (or every record of ``fasta``) with the model in
     ``model_dir`` into the Zarr group ``output`` (layout in the module docstring). Returns a
@@ -272,11 +282,18 @@ def embed(model_dir, fasta, output, *, bed=None, per_base: bool = False, layer: 
         regions = bed_regions(bed, reference) if bed else reference.records()
         model = open_model(model_dir, device)
         layer, rc_average = _check_model(model, regions, layer, rc_average, max_length)
-        embedder = Embedder(model, reference, layer=layer, chunk_length=chunk_length)
+        if regions:
+            longest = max(regions, key=lambda r: r.length)
+            check_window(model, model_dir, longest.length,
+                         f"region {longest.contig}:{longest.start + 1:,}-{longest.end:,}",
+                         beyond_trained_length)
+        embedder = Embedder(model, reference, layer=layer, chunk_length=chunk_length,
+                            strand_halves=strand_halves)
         attrs = {
             "format": FORMAT_VERSION, "kind": KIND, "model": str(model_dir),
             "model_config": model.config.to_dict(), "layer": layer, "pooling": "mean",
-            "rc_average": rc_average, "per_base": per_base, "width": embedder.width,
+            "rc_average": rc_average, "strand_halves": embedder.width > model.config.d_model,
+            "per_base": per_base, "width": embedder.width,
             "fasta": str(fasta), "bed": None if bed is None else str(bed),
             "created_by": f"genossm {__version__}",
         }

@@ -34,8 +34,8 @@ from genossm.fileio import OutputKind, StagedOutputs, claim_outputs
 from genossm.markov import MarkovBaseline
 from genossm.model import GenoSSM, ModelDir, TrainingInfo, last_record
 from genossm.plots import PLOT, plot_bits_by_position, plot_training_curves
-from genossm.regions import Region, check_inside, overlap_bases, read_bed
-from genossm.runtime import open_model, resolve_device
+from genossm.regions import Region, check_inside, merge_spans, overlap_bases, read_bed
+from genossm.runtime import is_model_dir, open_model, resolve_device, trained_length
 from genossm.store import TokenStore
 
 CAUSAL = "causal_streamed"
@@ -106,11 +106,23 @@ def bed_regions(path: Path, store: TokenStore) -> list[Region]:
     return regions
 
 
-def _train_and_evaluated(directory: ModelDir, training: TrainingInfo, store: TokenStore,
-                         regions_bed) -> tuple[list[Region], list[Region], str]:
-    """(the model's training intervals on ``store``, the regions to evaluate, where those come
-    from): the BED's regions, or the model's validation intervals on the store."""
+def _train_and_evaluated(directory: ModelDir, training: TrainingInfo | None,
+                         store: TokenStore, regions_bed) -> tuple[list[Region], list[Region], str]:
+    """(the intervals the Markov baseline fits on, the regions to evaluate, where those come
+    from): the BED's regions, or the model's validation intervals on the store; the model's
+    training intervals, or for a model without a training record (a converted checkpoint)
+    the rest of the store's contigs."""
     config_path = directory.config_path
+    if training is None:
+        if regions_bed is None:
+            raise InputError(None, f"{directory.path} records no training split (a converted "
+                                   "checkpoint?): give the regions to evaluate with --regions")
+        regions = bed_regions(Path(regions_bed), store)
+        train = _outside(store, regions)
+        if not train:
+            raise InputError(regions_bed, f"the regions cover all of {store.path}: nothing is "
+                                          "left to fit the Markov baseline on")
+        return train, regions, str(regions_bed)
     train = store_intervals(training, store, "train", config_path)
     if regions_bed is not None:
         regions, source = bed_regions(Path(regions_bed), store), str(regions_bed)
@@ -124,6 +136,35 @@ def _train_and_evaluated(directory: ModelDir, training: TrainingInfo, store: Tok
         raise InputError(config_path, f"the model has no training interval on {store.path}, "
                                       "so there is nothing to fit the Markov baseline on")
     return train, regions, source
+
+
+def _outside(store: TokenStore, regions: list[Region]) -> list[Region]:
+    """The store's contigs less ``regions``."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for r in regions:
+        spans.setdefault(r.contig, []).append((r.start, r.end))
+    rest = []
+    for name in store.contig_index:
+        cursor = 0
+        for start, end in merge_spans(spans.get(name, [])):
+            if start > cursor:
+                rest.append(Region(name, cursor, start))
+            cursor = end
+        if cursor < store.contig(name).length:
+            rest.append(Region(name, cursor, store.contig(name).length))
+    return rest
+
+
+def _training(directory: ModelDir, model_dir) -> TrainingInfo | None:
+    """The model's training record; None for a checkpoint of another format or a model
+    directory without one (converted)."""
+    if not is_model_dir(model_dir):
+        return None
+    try:
+        info = directory.info()
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(None, str(e)) from None
+    return None if info.get("training") is None else directory.training()
 
 
 # --------------------------------------------------------------------------- Markov baseline
@@ -311,10 +352,13 @@ def _finite(value: float) -> float | None:
 
 def evaluate(model_dir, store_path, output, *, regions_bed=None, plots_dir=None,
              device: str = "auto", chunk_length: int = 65536, markov_max_order: int = 10,
-             max_windows: int = 32, progress: bool = True, force: bool = False) -> dict:
+             max_windows: int = 32, window: int | None = None, progress: bool = True,
+             force: bool = False) -> dict:
     """Evaluate the model in ``model_dir`` on ``store_path``; write METRICS.json (``output``)
     and the two plots (into ``plots_dir``, default beside ``output``); ``force`` replaces
-    outputs an earlier run wrote. Returns the metrics."""
+    outputs an earlier run wrote. ``window``: the length of the masked model's windows and of
+    the bits-by-position windows (default: the length the model was trained on). Returns the
+    metrics."""
     model_dir, output = Path(model_dir), Path(output)
     plots_dir = output.parent if plots_dir is None else Path(plots_dir)
     plots = {"training_curves": plots_dir / CURVES_PLOT,
@@ -331,10 +375,15 @@ def evaluate(model_dir, store_path, output, *, regions_bed=None, plots_dir=None,
         raise InputError(None, f"--max-windows must be >= 0, got {max_windows}")
     torch_device = resolve_device(device)
     directory = ModelDir(model_dir)
-    training = directory.training()
-    seq_len = training.seq_len
+    training = _training(directory, model_dir)
     store = TokenStore(store_path)
     train, regions, source = _train_and_evaluated(directory, training, store, regions_bed)
+    seq_len = window or (training.seq_len if training else trained_length(model_dir))
+    if seq_len is None:
+        raise InputError(None, f"{model_dir} does not say what length it was trained on: give "
+                               "--window")
+    if seq_len < 2:
+        raise InputError(None, f"--window must be at least 2, got {seq_len}")
     records = directory.read_metrics()
     model = open_model(model_dir, torch_device)
     measure = CAUSAL if model.config.objective == "clm" else MASKED

@@ -1,4 +1,5 @@
-"""The PNG plots users keep: training curves, bits per base by position, score distributions.
+"""The PNG plots users keep: training curves, bits per base by position, score distributions;
+``new_figure`` and ``save_figure`` for those drawn elsewhere (benchmark/plots.py).
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no display, no global state)
 and written to the path they are given: the caller stages it (fileio.StagedOutputs) with the
@@ -46,7 +47,16 @@ def is_genossm_plot(path) -> bool:
 PLOT = OutputKind("a genossm PNG plot", is_genossm_plot)
 
 
-def _save_figure(figure, path: Path) -> None:
+def new_figure(size: tuple[float, float]):
+    """A matplotlib Figure of ``size`` inches, constrained layout, on no canvas yet."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=size, layout="constrained")
+
+
+def save_figure(figure, path: Path) -> None:
+    """Draw ``figure`` on the Agg canvas and write it to ``path``: a PNG whose ``Software``
+    text chunk names genossm (``PLOT``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
@@ -58,9 +68,7 @@ def plot_training_curves(records: list[dict], markov_bits: float, markov_order: 
                          path: Path) -> None:
     """Train and validation bits per base against tokens seen (or step), with the baseline's
     level on the evaluated regions."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    figure = new_figure((7, 4.5))
     ax = figure.add_subplot()
     x_key = "tokens" if records and all("tokens" in r for r in records) else "step"
     for split, style in (("train", "-"), ("val", "o-")):
@@ -77,15 +85,13 @@ def plot_training_curves(records: list[dict], markov_bits: float, markov_order: 
     ax.set_ylabel("bits per base")
     ax.set_title("Training curves")
     ax.legend()
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def plot_bits_by_position(profile: dict, markov_bits: float, markov_order: int,
                           path: Path) -> None:
     """Model bits per base by position in the window (log x), with the baseline's level."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    figure = new_figure((7, 4.5))
     ax = figure.add_subplot()
     points = [((b["start"] + b["end"] - 1) / 2, b["bits_per_base"]) for b in profile["bins"]
               if b["bits_per_base"] is not None]
@@ -100,16 +106,14 @@ def plot_bits_by_position(profile: dict, markov_bits: float, markov_order: int,
     ax.set_ylabel("bits per base")
     ax.set_title(f"Bits per base by position ({profile['windows']} windows)")
     ax.legend()
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def plot_score_distributions(llr: list[float], cosine: list[float], is_snv: list[bool],
                              title: str, path: Path) -> None:
     """Histograms of the LLR and of the cosine distance of the scored alleles, SNVs and
     other alleles (MNVs, indels) apart."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(10, 4), layout="constrained")
+    figure = new_figure((10, 4))
     kinds = np.asarray(is_snv, dtype=bool)
     for column, (values, label) in enumerate(((llr, "LLR, ln P(alt) - ln P(ref)"),
                                               (cosine, "cosine distance, ref vs alt"))):
@@ -126,4 +130,4 @@ def plot_score_distributions(llr: list[float], cosine: list[float], is_snv: list
         ax.set_xlabel(label)
         ax.set_ylabel("alleles")
     figure.suptitle(title)
-    _save_figure(figure, path)
+    save_figure(figure, path)

@@ -155,20 +155,28 @@ def test_fasta_records(causal, tmp_path, capsys):
 
 
 def test_rc_equivariant_model(bed, tmp_path, caplog):
-    """A non-causal model embeds a region in one pass: width 2·d_model; --rc-average is a
-    no-op (said so); a region longer than --max-length is refused."""
+    """A non-causal model embeds a region in one pass; an rc_equivariant model gives the
+    strand-averaged embedding (forward half + channel-flipped reverse half, halved: what
+    PlantCaduceus documents, computed here by hand) of width d_model, or with
+    --strand-halves the raw 2·d_model hidden states; --rc-average is a no-op (said so)."""
     model = make_model(objective="mlm", rc_equivariant=True)
     model_dir = save_model(model, tmp_path / "rceq")
-    out = tmp_path / "e.zarr"
-    assert run_embed(model_dir, out, "--bed", bed, "--rc-average", "--per-base") == 0
-    assert "--rc-average has no effect" in caplog.text
-    e = read(out)
-    assert e["attrs"]["width"] == 32 and not e["attrs"]["rc_average"]
-    for i, (chrom, start, end, _, strand) in enumerate(REGIONS):
-        expected = full_pass(model, sequence(chrom, start, end, strand))
-        assert_close(e["per_base"][e["per_base_offsets"][i]:e["per_base_offsets"][i + 1]],
-                     expected)
-        assert_close(e["pooled"][i], expected.mean(0))
+    d = model.config.d_model
+    for halves in (False, True):
+        out = tmp_path / f"e{halves}.zarr"
+        args = ["--bed", bed, "--rc-average", "--per-base"] + (["--strand-halves"] * halves)
+        assert run_embed(model_dir, out, *args) == 0
+        assert "--rc-average has no effect" in caplog.text
+        e = read(out)
+        assert e["attrs"]["width"] == (2 * d if halves else d) and not e["attrs"]["rc_average"]
+        assert e["attrs"]["strand_halves"] == halves
+        for i, (chrom, start, end, _, strand) in enumerate(REGIONS):
+            expected = full_pass(model, sequence(chrom, start, end, strand))
+            if not halves:
+                expected = (expected[:, :d] + expected[:, d:][:, ::-1]) / 2
+            assert_close(e["per_base"][e["per_base_offsets"][i]:e["per_base_offsets"][i + 1]],
+                         expected)
+            assert_close(e["pooled"][i], expected.mean(0))
 
 
 def test_bidirectional_max_length(bed, tmp_path, capsys):

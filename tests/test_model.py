@@ -22,6 +22,7 @@ from genossm.model import (
     reverse_complement_logits,
     reverse_complement_tokens,
     save_model,
+    strand_average,
 )
 from helpers import LAMBDA
 
@@ -145,21 +146,26 @@ def test_tied_head_and_hidden_states():
 
 # --- reverse-complement equivariance --------------------------------------------------------
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_rc_equivariance(bidirectional):
-    model = make(objective="mlm", rc_equivariant=True, bidirectional=bidirectional, n_groups=2)
+@pytest.mark.parametrize("kw", [
+    {}, {"bidirectional": True}, {"rc_strand_swap": True},
+    {"bidirectional": True, "bidirectional_sharing": "projections", "rc_strand_swap": True,
+     "mixer": "mamba1", "d_state": 4},
+])
+def test_rc_equivariance(kw):
+    model = make(objective="mlm", rc_equivariant=True, n_groups=2, **kw)
     x = tokens(3, 41, high=alphabet.VOCAB_SIZE)  # N and MASK included
     with torch.no_grad():
         out, out_rc = model(x), model(reverse_complement_tokens(x))
-        h, h_rc = model.hidden_states(x, layer=1), model.hidden_states(
-            reverse_complement_tokens(x), layer=1)
+        for layer in (1, -1):
+            h, h_rc = (model.hidden_states(t, layer=layer)
+                       for t in (x, reverse_complement_tokens(x)))
+            # hidden states (Caduceus's layout): flipped along length and channels
+            assert rel_err(h_rc, h.flip(1, 2)) <= 1e-5
     assert rel_err(out_rc, reverse_complement_logits(out)) <= 1e-5
-    # hidden states: the two strands swap and flip
-    d = model.config.d_model
-    swapped = torch.cat([h[..., d:], h[..., :d]], dim=-1).flip(1)
-    assert rel_err(h_rc, swapped) <= 1e-5
     # and the model is not trivially symmetric
     assert rel_err(out_rc, out) > 1e-3
+    # the strand average is the same for both strands, flipped along length
+    assert rel_err(strand_average(h_rc), strand_average(h).flip(1)) <= 1e-5
 
 
 def test_rc_helpers():
@@ -185,6 +191,37 @@ def test_bidirectional_is_tied_forward_plus_reversed():
         assert rel_err(model(x), manual) <= 1e-6
         # reversing the input reverses the output of a bidirectional model
         assert rel_err(model(x.flip(1)), model(x).flip(1)) <= 1e-5
+
+
+@pytest.mark.parametrize("sharing", ["projections", "none"])
+def test_bidirectional_with_a_reverse_mixer(sharing, tmp_path):
+    """Caduceus's BiMamba: a reverse mixer of its own, sharing in_proj and out_proj with the
+    forward one ("projections") or nothing; the shared Parameters stay one tensor through
+    training's optimizer groups and a save/load."""
+    model = make(objective="mlm", bidirectional=True, bidirectional_sharing=sharing,
+                 mixer="mamba1", d_state=4)
+    block = model.layers[0]
+    shared = sharing == "projections"
+    assert (block.mixer_rev.in_proj.weight is block.mixer.in_proj.weight) == shared
+    assert (block.mixer_rev.out_proj.weight is block.mixer.out_proj.weight) == shared
+    assert block.mixer_rev.x_proj.weight is not block.mixer.x_proj.weight
+    x = tokens(2, 33)
+    with torch.no_grad():
+        h = model.embedding(x)
+        for block in model.layers:
+            u = block.norm(h)
+            h = h + block.mixer(u) + block.mixer_rev(u.flip(1)).flip(1)
+        manual = model.lm_head(model.norm_f(h))
+        assert rel_err(model(x), manual) <= 1e-6
+    groups = model.optim_groups(0.1)
+    n_params = sum(p.numel() for g in groups for p in g["params"])
+    assert n_params == model.num_parameters()
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert (loaded.layers[0].mixer_rev.in_proj.weight
+            is loaded.layers[0].mixer.in_proj.weight) == shared
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
 
 
 def test_causal_model_is_causal():

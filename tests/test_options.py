@@ -392,3 +392,15 @@ def test_every_option_given_reaches_the_stage_function(step, monkeypatch):
         assert kwargs["window"] == 64 and kwargs["prefix_reuse"] is False
     if step == "embed":
         assert kwargs["rc_average"] is True and kwargs["per_base"] is True
+
+
+def test_every_subcommand_prints_its_help(capsys):
+    """``genossm CMD --help`` works for every subcommand (with the stage's defaults shown)."""
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    for name in commands:
+        with pytest.raises(SystemExit) as done:
+            parser.parse_args([name, "--help"])
+        assert done.value.code == 0, name
+        assert "usage: genossm " + name in capsys.readouterr().out, name

@@ -10,6 +10,7 @@ from genossm.model.lm import (
     StreamPiece,
     reverse_complement_logits,
     reverse_complement_tokens,
+    strand_average,
 )
 from genossm.model.mamba1 import Mamba1Mixer
 from genossm.model.mamba2 import Block, Mamba2Mixer, RMSNorm
@@ -32,4 +33,5 @@ __all__ = [
     "reverse_complement_logits",
     "reverse_complement_tokens",
     "save_model",
+    "strand_average",
 ]

@@ -2,7 +2,8 @@
 
 Only scalars (int, float, bool, str, None) are stored, so ``config.json`` is plain JSON (no
 ``Infinity``, no tuples): an open dt limit is ``dt_limit_max = None``. A config written before
-the ``mixer`` field existed loads as ``mixer = "mamba2"`` (the default).
+a field existed loads with that field's default (``mixer = "mamba2"``,
+``bidirectional_sharing = "mixer"``, ``rc_strand_swap = False``: what models computed then).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from genossm import alphabet
 OBJECTIVES = ("clm", "mlm")
 MIXERS = ("mamba1", "mamba2")
 DT_INITS = ("random", "constant")
+BIDIRECTIONAL_SHARING = ("mixer", "projections", "none")
 SCAN_BACKENDS = ("auto", "ref", "torch", "triton")
 
 
@@ -38,8 +40,14 @@ class ModelConfig:
     vocab_size: int = alphabet.VOCAB_SIZE
     # what the model is
     objective: str = "clm"        # "clm": logits[t] predict token t+1; "mlm": predict token t
-    bidirectional: bool = False   # weight-tied forward + reversed pass in every block (summed)
+    bidirectional: bool = False   # a forward and a reversed mixer in every block (summed)
+    # ... what they share: "mixer" all weights (one mixer reads both ways), "projections" only
+    # in_proj and out_proj (Caduceus's bidirectional_weight_tie), "none" nothing
+    bidirectional_sharing: str = "mixer"
     rc_equivariant: bool = False  # reverse-complement equivariance by parameter sharing
+    # the strands trade places before every block (what the official Caduceus code's fused
+    # add+norm RCPS path computes, e.g. Caduceus-PS and PlantCaduceus; lm.py's docstring)
+    rc_strand_swap: bool = False
     # how it runs
     gradient_checkpointing: bool = False  # recompute each block in backward (when training)
     checkpoint_segment_length: int = 65536  # ... in segments of this many positions (0: whole)
@@ -99,6 +107,11 @@ class ModelConfig:
         need(self.mixer in MIXERS, f"mixer must be one of {MIXERS}, got {self.mixer!r}")
         need(isinstance(self.dt_rank, int) and not isinstance(self.dt_rank, bool)
              and self.dt_rank >= 0, f"dt_rank must be an integer >= 0, got {self.dt_rank!r}")
+        need(self.bidirectional_sharing in BIDIRECTIONAL_SHARING,
+             f"bidirectional_sharing must be one of {BIDIRECTIONAL_SHARING}, "
+             f"got {self.bidirectional_sharing!r}")
+        need(self.rc_equivariant or not self.rc_strand_swap,
+             "rc_strand_swap needs rc_equivariant")
         need(self.dt_init in DT_INITS, f"dt_init must be one of {DT_INITS}, got {self.dt_init!r}")
         need(self.dt_scale > 0, f"dt_scale must be > 0, got {self.dt_scale!r}")
         need(isinstance(self.checkpoint_segment_length, int)

@@ -172,6 +172,20 @@ class ModelDir:
             raise InputError(None, str(e)) from None
         return TrainingInfo.from_json(info.get("training"), self.config_path)
 
+    def trained_length(self) -> int | None:
+        """The sequence length the model was trained on: the training section's seq_len, or
+        what ``genossm convert --trained-length`` recorded; None when unknown."""
+        try:
+            info = self.info()
+        except (FileNotFoundError, ValueError):
+            return None
+        for section, key in (("training", "seq_len"), ("source", "trained_length")):
+            value = (info.get(section) or {}).get(key) \
+                if isinstance(info.get(section), dict) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
     def train_config(self) -> dict | None:
         """The training config recorded at the last checkpoint (None without one)."""
         try:

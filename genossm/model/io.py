@@ -1,11 +1,13 @@
 """Model directory I/O (docs/design.md, "Model directory"): ``config.json`` + ``model.safetensors``.
 
 config.json = {"format": 1, "genossm_version": ..., "alphabet": "ACGTN", "vocab": [...],
-"model": ModelConfig.to_dict(), **extra}. Weights are safetensors (no pickle); the tied head is
-stored once (as ``embedding.weight``). Every file is written to a temporary name in the same
-directory, flushed, and renamed with os.replace, so a crash never leaves a half-written file;
-the weights are written before config.json. The rest of a model directory (training section,
-train state, metrics, checkpoints) is ``ModelDir``'s (genossm.model.directory).
+"model": ModelConfig.to_dict(), **extra}. Weights are safetensors (no pickle); a tensor reached
+under several names (the tied head, Caduceus's shared bidirectional projections:
+``GenoSSM.tied_names``) is stored once, under the first. Every file is written to a temporary
+name in the same directory, flushed, and renamed with os.replace, so a crash never leaves a
+half-written file; the weights are written before config.json. The rest of a model directory
+(training section, train state, metrics, checkpoints) is ``ModelDir``'s
+(genossm.model.directory).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = 1
 RESERVED_KEYS = ("format", "genossm_version", "alphabet", "vocab", "model")
-TIED = {"lm_head.weight": "embedding.weight"}  # stored once, under the value's name
 
 
 def save_model(model: GenoSSM, directory, extra: dict | None = None) -> Path:
@@ -49,8 +50,9 @@ def save_model(model: GenoSSM, directory, extra: dict | None = None) -> Path:
     text = json.dumps(info, indent=2, allow_nan=False) + "\n"  # fail before writing anything
     directory.mkdir(parents=True, exist_ok=True)
 
+    tied = model.tied_names()
     tensors = {name: t.detach().to("cpu").contiguous()
-               for name, t in model.state_dict().items() if name not in TIED}
+               for name, t in model.state_dict().items() if name not in tied}
     metadata = {"format": "pt", "genossm_version": genossm.__version__}
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata=metadata))
 
@@ -103,12 +105,13 @@ def load_model(directory, device="cpu", **overrides) -> GenoSSM:
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{weights_path}: not a whole safetensors file; cut short or corrupt "
                          f"({e})") from None
-    for alias, source in TIED.items():
-        if source in tensors:
-            tensors[alias] = tensors[source]
     with torch.device("meta"):
         model = GenoSSM(config)
     model = model.to_empty(device=device)
+    model.tie_weights()  # to_empty makes a new Parameter per name
+    for alias, source in model.tied_names().items():
+        if source in tensors and alias not in tensors:
+            tensors[alias] = tensors[source]
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:
@@ -121,6 +124,5 @@ def load_model(directory, device="cpu", **overrides) -> GenoSSM:
         raise ValueError(f"{weights_path}: weights do not match the config: {wrong[0]}"
                          + (f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""))
     model.load_state_dict(tensors, strict=True)
-    model.lm_head.weight = model.embedding.weight  # keep the tie after loading
     model.complement.copy_(torch.as_tensor(alphabet.COMPLEMENT, dtype=torch.long))
     return model.eval()

@@ -4,14 +4,19 @@ Logits convention: ``objective="clm"`` -> logits[:, t] predict token t+1 (shift 
 in the loss); ``objective="mlm"`` -> logits[:, t] predict the (masked) token at t.
 
 Reverse-complement equivariance (``rc_equivariant``), by parameter sharing: one trunk (all
-weights shared) reads the forward strand x and the reverse strand rc(x); the reverse strand's
-hidden states are flipped back to forward coordinates, and the tied head combines the strands
+weights shared) reads the forward strand x and the reverse strand rc(x) (as one batch). The
+hidden states are laid out as Caduceus's RCPS code lays them out, 2·d_model channels
+[a, b]: a the forward strand's, b the reverse strand's flipped back to forward coordinates
+*and* in reversed channel order. The tied head combines the strands
 
-    logits[t, v] = <h_fwd[t], E[v]> + <h_rev[t], E[complement(v)]>
+    logits[t, v] = <a[t], E[v]> + <flip_channels(b[t]), E[complement(v)]>
 
 so that logits(rc(x)) == rc(logits(x)), where rc of logits flips the length axis and permutes
-the vocabulary by alphabet.COMPLEMENT. (Equivalent to Caduceus-PS with strand channels kept
-apart until the head.) The reverse strand reads right to left, so such a model is not causal.
+the vocabulary by alphabet.COMPLEMENT. The reverse strand reads right to left, so such a model
+is not causal. With ``rc_strand_swap`` the two strands trade places before every block
+(forward row <- rc(reverse row), reverse row <- rc(forward row)): what the official code's
+fused add+norm RCPS block computes (it normalises the channel halves the other way round from
+its unfused path), so the published Caduceus-PS and PlantCaduceus weights need it.
 
 Two calls, each with one return type: ``model(tokens)`` -> logits and
 ``model.hidden_states(tokens, layer)`` -> hidden states read the whole sequence at once;
@@ -100,6 +105,21 @@ def reverse_complement_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits.flip(-2)[..., comp]
 
 
+def swap_strands(h: torch.Tensor) -> torch.Tensor:
+    """(forward rows; reverse rows) -> (rc(reverse rows); rc(forward rows)), rc flipping the
+    length and channel axes: the official fused RCPS block's exchange of channel halves, in
+    the two-strand batch layout of ``GenoSSM._trunk``."""
+    fwd, rev = h.chunk(2, dim=0)
+    return torch.cat([rev, fwd], dim=0).flip(1, 2)
+
+
+def strand_average(h: torch.Tensor) -> torch.Tensor:
+    """The d_model-wide embedding of an rc_equivariant model's hidden states (..., 2·d_model):
+    (a + flip_channels(b)) / 2, the strand-averaged embedding PlantCaduceus documents."""
+    fwd, rev = h.chunk(2, dim=-1)
+    return (fwd + rev.flip(-1)) / 2
+
+
 class GenoSSM(nn.Module):
     """Selective-SSM language model over alphabet tokens (see the module docstring)."""
 
@@ -110,18 +130,37 @@ class GenoSSM(nn.Module):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.lm_head.weight = self.embedding.weight  # tied: one tensor
+        self.tie_weights()
         comp = torch.as_tensor(alphabet.COMPLEMENT, dtype=torch.long)
         self.register_buffer("complement", comp, persistent=False)
         self._init_weights()
+
+    def tie_weights(self) -> None:
+        """(Re)make the head's weight the embedding's Parameter (one tensor, tied)."""
+        self.lm_head.weight = self.embedding.weight
+
+    def tied_names(self) -> dict[str, str]:
+        """{state-dict name: the name it shares its tensor with}, for every Parameter reached
+        under more than one name (the head, Caduceus's shared bidirectional projections): a
+        weights file stores each tensor once, under the first name."""
+        first: dict[int, str] = {}
+        tied = {}
+        for name, p in self.named_parameters(remove_duplicate=False):
+            if id(p) in first:
+                tied[name] = first[id(p)]
+            else:
+                first[id(p)] = name
+        return tied
 
     @torch.no_grad()
     def _init_weights(self):
         cfg = self.config
         nn.init.normal_(self.embedding.weight, std=cfg.initializer_range)
         if cfg.rescale_prenorm_residual:  # keep the residual stream's scale independent of depth
-            for block in self.layers:
-                block.mixer.out_proj.weight /= math.sqrt(cfg.n_layer)
+            out_projs = {id(m.out_proj.weight): m.out_proj.weight
+                         for block in self.layers for m in block.mixers()}
+            for weight in out_projs.values():   # a shared projection scaled once
+                weight /= math.sqrt(cfg.n_layer)
 
     # --- public API -----------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
@@ -135,7 +174,7 @@ class GenoSSM(nn.Module):
         the vocabulary complemented."""
         if self.config.rc_equivariant:
             fwd, rev = h.chunk(2, dim=-1)
-            return self.lm_head(fwd) + self.lm_head(rev)[..., self.complement]
+            return self.lm_head(fwd) + self.lm_head(rev.flip(-1))[..., self.complement]
         return self.lm_head(h)
 
     def hidden_states(self, tokens: torch.Tensor, layer: int = -1, *,
@@ -143,10 +182,12 @@ class GenoSSM(nn.Module):
         """Residual stream after ``layer`` blocks: 0 is the embedding output, n_layer (or -1)
         the final, normalised output the head reads; negative indices count from the end.
         Shape (b, l, d_model), or (b, l, 2·d_model) for rc_equivariant models ([forward strand,
-        reverse strand aligned to forward coordinates])."""
+        reverse strand at forward coordinates in reversed channel order], Caduceus's layout;
+        ``strand_average`` gives the d_model-wide mean of the two)."""
         index = self.layer_index(layer)
         if self.config.rc_equivariant:
-            return torch.cat(self._both_strands(tokens, index, backend), dim=-1)
+            fwd, rev = self._both_strands(tokens, index, backend)
+            return torch.cat([fwd, rev.flip(-1)], dim=-1)
         return self._trunk(tokens, index, None, backend)[0]
 
     def step(self, tokens: torch.Tensor, state: ModelState, *, layer: int = -1,
@@ -219,7 +260,7 @@ class GenoSSM(nn.Module):
         """Run the shared trunk on x and rc(x) as one batch; return (fwd, rev) with rev flipped
         back to forward coordinates."""
         both = torch.cat([tokens, reverse_complement_tokens(tokens)], dim=0)
-        h, _ = self._trunk(both, index, None, backend)
+        h, _ = self._trunk(both, index, None, backend, strands=True)
         fwd, rev = h.chunk(2, dim=0)
         return fwd, rev.flip(1)
 
@@ -231,10 +272,12 @@ class GenoSSM(nn.Module):
             return 0
         return cfg.checkpoint_segment_length or max(length, 1)
 
-    def _trunk(self, tokens, index, state, backend, outputs=None, keep=None):
-        """Embedding + blocks over one strand; returns (h after ``index`` blocks, final norm
-        applied when index == n_layer; new state or None). With ``outputs``, the residual
-        stream after ``keep`` blocks is appended to it too (the same pass)."""
+    def _trunk(self, tokens, index, state, backend, outputs=None, keep=None, strands=False):
+        """Embedding + blocks over one strand, or with ``strands`` over both (batch = forward
+        rows then reverse rows, which ``rc_strand_swap`` exchanges before every block);
+        returns (h after ``index`` blocks, final norm applied when index == n_layer; new state
+        or None). With ``outputs``, the residual stream after ``keep`` blocks is appended to it
+        too (the same pass)."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (batch, length), got {tuple(tokens.shape)}")
         if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
@@ -267,6 +310,8 @@ class GenoSSM(nn.Module):
             if state is None:
                 if i >= index:
                     break
+                if strands and self.config.rc_strand_swap:
+                    h = swap_strands(h)
                 h = block(h, backend=backend, checkpoint_length=ckpt)
             else:
                 h, (conv, ssm) = block(h, (state.conv[i], state.ssm[i]), return_state=True,

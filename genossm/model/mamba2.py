@@ -162,8 +162,12 @@ class Block(nn.Module):
     """Pre-norm residual block: h + mixer(norm(h)), the mixer chosen by ``cfg.mixer``
     (Mamba2Mixer, or Mamba1Mixer from genossm/model/mamba1.py).
 
-    Bidirectional (Caduceus BiMamba style): the same mixer also reads the sequence reversed and
-    the two outputs are summed, mixer(u) + flip(mixer(flip(u))), in one batched call.
+    Bidirectional (Caduceus BiMamba, strategy "add"): a second mixer reads the sequence
+    reversed and the two outputs are summed, mixer(u) + flip(mixer_rev(flip(u))). With
+    ``bidirectional_sharing`` "mixer" the same mixer reads both ways (one batched call); with
+    "projections" ``mixer_rev`` has its own conv, x/dt projections, A and D but shares
+    in_proj and out_proj with ``mixer`` (Caduceus's weight tie: the same Parameter objects);
+    with "none" it shares nothing.
 
     ``checkpoint_length`` > 0 turns on gradient checkpointing: norm + mixer are recomputed in
     backward, in segments of that many positions carrying the conv/SSM state from segment to
@@ -176,6 +180,15 @@ class Block(nn.Module):
         self.cfg = cfg
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mixer = mixer_class(cfg.mixer)(cfg)
+        if cfg.bidirectional and cfg.bidirectional_sharing != "mixer":
+            self.mixer_rev = mixer_class(cfg.mixer)(cfg)
+            if cfg.bidirectional_sharing == "projections":
+                self.mixer_rev.in_proj = self.mixer.in_proj
+                self.mixer_rev.out_proj = self.mixer.out_proj
+
+    def mixers(self) -> list[nn.Module]:
+        """The block's distinct mixers (one, or two with a separate ``mixer_rev``)."""
+        return [self.mixer] + ([self.mixer_rev] if hasattr(self, "mixer_rev") else [])
 
     def forward(self, h, state=None, *, return_state=False, backend=None, checkpoint_length=0):
         """h (b, l, d_model) -> h + mix; with ``return_state`` also the new (conv, ssm) state.
@@ -183,27 +196,33 @@ class Block(nn.Module):
         if self.cfg.bidirectional:
             if return_state or state is not None:
                 raise ValueError("a bidirectional block cannot be streamed")
-            both, _ = self._mix(torch.cat([h, h.flip(1)], dim=0), None, False, backend,
-                                checkpoint_length)
-            fwd, rev = both.chunk(2, dim=0)
+            if not hasattr(self, "mixer_rev"):
+                both, _ = self._mix(self.mixer, torch.cat([h, h.flip(1)], dim=0), None, False,
+                                    backend, checkpoint_length)
+                fwd, rev = both.chunk(2, dim=0)
+            else:
+                fwd, _ = self._mix(self.mixer, h, None, False, backend, checkpoint_length)
+                rev, _ = self._mix(self.mixer_rev, h.flip(1), None, False, backend,
+                                   checkpoint_length)
             return h + fwd + rev.flip(1)
-        y, new_state = self._mix(h, state, return_state, backend, checkpoint_length)
+        y, new_state = self._mix(self.mixer, h, state, return_state, backend, checkpoint_length)
         return (h + y, new_state) if return_state else h + y
 
-    def _mix_piece(self, h, state, return_state, backend):
+    def _mix_piece(self, mixer, h, state, return_state, backend):
         conv_state, ssm_state = (None, None) if state is None else state
-        out = self.mixer(self.norm(h), conv_state, ssm_state, return_state=return_state,
-                         backend=backend)
+        out = mixer(self.norm(h), conv_state, ssm_state, return_state=return_state,
+                    backend=backend)
         return out if return_state else (out, None)
 
-    def _mix(self, h, state, return_state, backend, checkpoint_length):
+    def _mix(self, mixer, h, state, return_state, backend, checkpoint_length):
         if checkpoint_length <= 0:
-            return self._mix_piece(h, state, return_state, backend)
+            return self._mix_piece(mixer, h, state, return_state, backend)
         length = h.shape[1]
         outs = []
         for start in range(0, max(length, 1), checkpoint_length):
             last = start + checkpoint_length >= length
-            y, state = checkpoint(self._mix_piece, h[:, start:start + checkpoint_length], state,
-                                  return_state or not last, backend, use_reentrant=False)
+            y, state = checkpoint(self._mix_piece, mixer, h[:, start:start + checkpoint_length],
+                                  state, return_state or not last, backend,
+                                  use_reentrant=False)
             outs.append(y)
         return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), state

@@ -23,14 +23,21 @@ import torch.nn.functional as F
 BACKENDS = ("ref", "torch", "triton")
 
 
-def _backend_fn(name):
+def _backend_fn(name, per_state=False):
+    """The backend function; ``per_state``: the Mamba-1 (S6) form, A of shape (h, n)."""
     if name == "ref":
         from genossm.ops.scan_ref import scan_ref
         return scan_ref
     if name == "torch":
+        if per_state:
+            from genossm.ops.scan_s6_chunked import scan_s6_chunked
+            return scan_s6_chunked
         from genossm.ops.scan_chunked import scan_chunked
         return scan_chunked
     if name == "triton":
+        if per_state:
+            from genossm.ops.scan_s6_triton import scan_s6_triton
+            return scan_s6_triton
         from genossm.ops.scan_triton import scan_triton
         return scan_triton
     raise ValueError(f"unknown scan backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
@@ -75,7 +82,9 @@ def selective_scan(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=False,
     A of shape (h, n) is the Mamba-1 (S6) scan, whose decay has a value per (channel, state):
     h_t[d, n] = exp(dt'_t[d] A[d, n]) h_{t-1}[d, n] + dt'_t[d] B_t[n] x_t[d], with each
     channel a head of headdim 1 (x (b, l, d, 1)). It does not reduce to the chunked matmul
-    form of the other backends; so far only ``ref`` computes it (``auto`` picks it).
+    form of the SSD backends, so ``torch`` and ``triton`` have their own S6 implementations
+    (:mod:`genossm.ops.scan_s6_chunked`, :mod:`genossm.ops.scan_s6_triton`) behind the same
+    signature.
     """
     _check_shapes(x, dt, A, B, C, D, initial_state, dt_bias)
     dt = dt.to(torch.promote_types(dt.dtype, torch.float32))
@@ -86,13 +95,9 @@ def selective_scan(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=False,
     lo, hi = dt_limit
     if lo > 0.0 or hi < math.inf:
         dt = dt.clamp(min=lo, max=hi)
-    per_state = A.dim() == 2
     if backend == "auto":
-        backend = "ref" if per_state else ("triton" if x.is_cuda else "torch")
-    if per_state and backend != "ref":
-        raise ValueError(f"the Mamba-1 scan (A of shape (heads, dstate)) has no {backend!r} "
-                         "backend yet; use backend='ref' or 'auto'")
-    fn = _backend_fn(backend)
+        backend = "triton" if x.is_cuda else "torch"
+    fn = _backend_fn(backend, per_state=A.dim() == 2)
     y, final_state = fn(x, dt, A, B, C, D, initial_state=initial_state,
                         return_final_state=return_final_state, chunk_size=chunk_size)
     return (y, final_state) if return_final_state else y

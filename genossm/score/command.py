@@ -1,5 +1,6 @@
 """``genossm score``, the command: options checked, inputs opened, records annotated, scored a
-batch at a time and written in order, then the VCF indexed and, if asked, the scores plotted.
+batch at a time (windowed mode, scorer.py) or a pass at a time (context mode, ``left_context``:
+context.py) and written in order, then the VCF indexed and, if asked, the scores plotted.
 
 Outputs are claimed first (fileio.claim_outputs: never an input of the run, replaced only with
 ``force`` and only when genossm wrote them), then staged (fileio.StagedOutputs) and renamed
@@ -10,7 +11,7 @@ whose presence marks a finished run.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from genossm.errors import InputError
 from genossm.fileio import StagedOutputs, claim_outputs
 from genossm.plots import PLOT, plot_score_distributions
 from genossm.reference import Reference
-from genossm.runtime import open_model
-from genossm.score.haplotypes import Annotator
+from genossm.runtime import check_window, open_model
+from genossm.score.context import CONTIG, ContextScorer
+from genossm.score.haplotypes import Annotator, flank_lengths
 from genossm.score.output import (
     SCORE_TABLE,
     SCORED_VCF,
@@ -55,14 +57,18 @@ def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAUL
               batch_size: int = DEFAULT_BATCH_SIZE, device="auto",
               rename_chroms: str | None = None, chrom_map=None, prefix_reuse: bool = True,
               progress: bool = True, piece_length: int | None = None, plot=None,
+              beyond_trained_length: bool = False, left_context: int | str | None = None,
               force: bool = False) -> dict:
     """Score every record of ``vcf`` (genossm.score) and write ``output`` (bgzipped VCF +
     .tbi) and ``table`` (TSV; default beside the output), and with ``plot`` a PNG of the score
-    distributions; ``force`` replaces outputs an earlier run wrote. Returns the summary that
-    format_summary prints."""
+    distributions; ``force`` replaces outputs an earlier run wrote. ``left_context`` (a number
+    of bases, or ``"contig"``; causal models) scores each variant given that much upstream
+    sequence (context.py) instead of a window's left flank; None: windowed mode. Returns the
+    summary that format_summary prints."""
     output, model_dir = Path(output), Path(model_dir)
     table = Path(table) if table is not None else default_table_path(output)
     _check_options(output, window, batch_size, rename_chroms, chrom_map)
+    left_context = _check_left_context(left_context, prefix_reuse)
     index = Path(f"{output}.tbi")
     _check_distinct({"the scored VCF (-o)": output, "its index (-o + .tbi)": index,
                      "the table (--table)": table, "the plot (--plot)": plot})
@@ -75,13 +81,19 @@ def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAUL
                                   read_chrom_map(chrom_map) if chrom_map else None)
         n_records = source.check()
         model = open_model(model_dir, device)
+        check_window(model, model_dir, window, f"--window {window:,}: a window",
+                     beyond_trained_length)
         scorer = Scorer(model, batch_size=batch_size, prefix_reuse=prefix_reuse,
                         piece_length=piece_length)
+        if left_context is not None and not (scorer.causal_lm and model.config.causal):
+            raise InputError(model_dir, f"--left-context needs a causal model, one that can "
+                                        f"stream; this one is {_kind(model.config)} (score it "
+                                        "without --left-context)")
         renaming = rename_chroms or (f"mapped by {chrom_map}" if chrom_map else "as in the VCF")
         header = [*source.header_lines[:-1],
                   *score_header_lines(model_dir, model.config, window=window,
                                       prefix_reuse=prefix_reuse, rc_average=scorer.rc_average,
-                                      renaming=renaming),
+                                      renaming=renaming, left_context=left_context),
                   source.header_lines[-1]]
         annotate = Annotator(reference, resolver, window=window, causal_lm=scorer.causal_lm)
         with StagedOutputs() as staged:
@@ -89,17 +101,30 @@ def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAUL
             staged_plot = None if plot is None else staged.file(plot)
             staged_index = staged.file(index)
             staged_vcf = staged.file(output)   # last: renamed into place last
-            with tqdm(total=n_records, unit=" records", desc="score",
-                      disable=not progress) as bar:
-                tally = _write(map(annotate, source), scorer, header, staged_vcf, staged_table,
-                               bar)
+            records = map(annotate, source)
+            if left_context is None:
+                bar = tqdm(total=n_records, unit=" records", desc="score",
+                           disable=not progress)
+                scored, advance = _in_batches(records, scorer), _one
+            else:
+                bar = tqdm(unit=" variants", desc="score", disable=not progress)
+                scored = ContextScorer(model, reference, resolver, left_context=left_context,
+                                       batch_size=batch_size, rc_average=scorer.rc_average,
+                                       piece_length=piece_length)(records)
+                advance = _alleles
+            with bar:
+                tally = _write(scored, header, staged_vcf, staged_table, bar, advance)
             with quiet_htslib():   # not a word about POS 0 (telomere) records
                 pysam.tabix_index(str(staged_vcf), preset="vcf", force=True,
                                   index=str(staged_index))
             if staged_plot is not None:
+                how = f"window {window:,}"
+                if left_context is not None:
+                    context = left_context if left_context == CONTIG else f"{left_context:,}"
+                    how = f"left context {context}, right flank {flank_lengths(window)[1]:,}"
                 plot_score_distributions(tally.llr, tally.cosine, tally.is_snv,
                                          f"{Path(vcf).name} scored by {model_dir.name} "
-                                         f"(window {window:,})", staged_plot)
+                                         f"({how})", staged_plot)
 
     hints = list(resolver.suggestions.values())
     if resolver.missing:
@@ -117,13 +142,38 @@ def _check_options(output: Path, window: int, batch_size: int, rename_chroms, ch
     if window > MAX_WINDOW:
         raise InputError(None, f"--window must be at most {MAX_WINDOW:,} (2^20), got "
                                f"{window:,}: the scorer holds every window of a batch whole "
-                               "(longer left context is for a later --left-context option)")
+                               "(for more upstream context, use --left-context)")
     if batch_size < 1:
         raise InputError(None, f"--batch-size must be at least 1, got {batch_size}")
     if rename_chroms is not None and rename_chroms not in RENAMES:
         raise InputError(None, f"--rename-chroms must be one of {', '.join(RENAMES)}")
     if rename_chroms and chrom_map:
         raise InputError(None, "give --rename-chroms or --chrom-map, not both")
+
+
+def _check_left_context(left_context, prefix_reuse: bool) -> int | str | None:
+    """``left_context`` as context.py takes it (a number of bases, written as digits on the
+    command line, or "contig"), or None for windowed mode."""
+    if left_context is None:
+        return None
+    if isinstance(left_context, str) and left_context.strip().isdigit():
+        left_context = int(left_context)
+    if left_context != CONTIG and (isinstance(left_context, bool)
+                                   or not isinstance(left_context, int) or left_context < 1):
+        raise InputError(None, "--left-context must be a positive number of bases or "
+                               f"'{CONTIG}', got {left_context!r}")
+    if not prefix_reuse:
+        raise InputError(None, "--no-prefix-reuse is for windowed mode; --left-context "
+                               "streams each contig once and branches every ALT from it")
+    return left_context
+
+
+def _kind(config) -> str:
+    """What makes a model unable to stream, in words."""
+    kinds = [k for k, on in (("a masked LM", config.objective != "clm"),
+                             ("bidirectional", config.bidirectional),
+                             ("rc_equivariant", config.rc_equivariant)) if on]
+    return " and ".join(kinds) or "not causal"
 
 
 def _check_distinct(outputs: dict[str, Path | None]) -> None:
@@ -158,20 +208,33 @@ class _Tally:
                 self.is_snv.append(len(alt) == len(record.ref) == 1)
 
 
-def _write(records: Iterable[Record], scorer: Scorer, header: list[bytes], vcf_path: Path,
-           table_path: Path, bar: tqdm) -> _Tally:
-    """Score the records a batch at a time and write the header and every record, in order, to
-    the VCF (bgzipped) and the table."""
+def _in_batches(records: Iterable[Record], scorer: Scorer) -> Iterator[Record]:
+    """Windowed mode: the records scored a batch at a time, in order."""
+    for batch in batches(records, scorer.batch_size):
+        scorer.score(batch)
+        yield from batch
+
+
+def _one(record: Record) -> int:
+    return 1
+
+
+def _alleles(record: Record) -> int:
+    return len(record.alts)
+
+
+def _write(records: Iterable[Record], header: list[bytes], vcf_path: Path, table_path: Path,
+           bar: tqdm, advance) -> _Tally:
+    """Write the header and every scored record, in order, to the VCF (bgzipped) and the
+    table; the bar moves on by ``advance(record)``."""
     tally = _Tally()
     with pysam.BGZFile(str(vcf_path), "wb") as out, \
             open(table_path, "w", encoding="utf-8") as tsv:
         out.write(b"\n".join(header) + b"\n")
         tsv.write("\t".join(TABLE_COLUMNS) + "\n")
-        for batch in batches(records, scorer.batch_size):
-            scorer.score(batch)
-            for record in batch:
-                out.write(annotated_line(record) + b"\n")
-                tsv.writelines(row + "\n" for row in table_rows(record))
-                tally.add(record)
-            bar.update(len(batch))
+        for record in records:
+            out.write(annotated_line(record) + b"\n")
+            tsv.writelines(row + "\n" for row in table_rows(record))
+            tally.add(record)
+            bar.update(advance(record))
     return tally

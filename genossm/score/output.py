@@ -115,14 +115,25 @@ def table_rows(record: Record) -> Iterator[str]:
 
 
 def score_header_lines(model_dir: Path, config, *, window: int, prefix_reuse: bool,
-                       rc_average: bool, renaming: str) -> list[bytes]:
-    """The ##INFO lines for the scores and a ##genossm_score line with the settings."""
+                       rc_average: bool, renaming: str,
+                       left_context: int | str | None = None) -> list[bytes]:
+    """The ##INFO lines for the scores and a ##genossm_score line with the settings; with
+    ``left_context`` (context mode, context.py) they say what context mode sums."""
     model = (f"genossm model {model_dir.resolve().name} ({config.objective}, "
              f"d_model={config.d_model}, n_layer={config.n_layer}, d_state={config.d_state}"
              + (", bidirectional" if config.bidirectional else "")
              + (", rc_equivariant" if config.rc_equivariant else "") + ")")
     strands = ", averaged over both strands" if rc_average else ""
-    if config.objective == "clm":
+    haplotypes = "the ref and alt haplotypes"
+    if left_context is not None:
+        from genossm.score.context import describe
+
+        right = window - window // 2
+        llr = (f"ln P(alt allele + right flank | upstream) - ln P(ref allele + right flank | "
+               f"upstream), right flank {right} bp ({window // 2} bp on the reverse strand), "
+               f"upstream: {describe(left_context)}")
+        haplotypes = "the ref and alt allele + right flank (given the same upstream)"
+    elif config.objective == "clm":
         llr = (f"ln P(alt haplotype) - ln P(ref haplotype) over a {window} bp window centred "
                f"on the variant")
     else:
@@ -131,17 +142,18 @@ def score_header_lines(model_dir: Path, config, *, window: int, prefix_reuse: bo
     lines = [
         ("GENOSSM_LLR", "Float", f"{llr}{strands}, by {model}"),
         ("GENOSSM_COS", "Float", f"Cosine distance (1 - cos) between the mean final hidden "
-                                 f"states over the ref and alt haplotypes{strands}, by {model}"),
+                                 f"states over {haplotypes}{strands}, by {model}"),
         ("GENOSSM_L2", "Float", f"Euclidean distance between the mean final hidden states over "
-                                f"the ref and alt haplotypes{strands}, by {model}"),
+                                f"{haplotypes}{strands}, by {model}"),
         ("GENOSSM_STATUS", "String", "scored, or why the allele has no score: "
                                      + ", ".join(s for s in STATUSES if s != SCORED)),
     ]
     out = [f'##INFO=<ID={i},Number=A,Type={t},Description="{d}">'.encode()
            for i, t, d in lines]
-    out.append(SCORE_HEADER + f"version {__version__}; model {model_dir}; window {window}; "
-               f"prefix_reuse {str(prefix_reuse).lower()}; rc_average {str(rc_average).lower()}; "
-               f"contig names {renaming}".encode())
+    mode = (f"window {window}; prefix_reuse {str(prefix_reuse).lower()}" if left_context is None
+            else f"window {window}; left_context {left_context}")
+    out.append(SCORE_HEADER + f"version {__version__}; model {model_dir}; {mode}; "
+               f"rc_average {str(rc_average).lower()}; contig names {renaming}".encode())
     return out
 
 

@@ -45,14 +45,19 @@ class Scorer:
         if not records:
             return
         strands = (False, True) if self.rc_average else (False,)
-        per_strand = [[_with_distances(s) for s in self.score_strand(records, rc)]
-                      for rc in strands]
+        per_strand = [self.score_strand(records, rc) for rc in strands]
         for i, record in enumerate(records):
-            results = [strand[i] for strand in per_strand]
-            for j, alt in enumerate(record.alts_to_score()):
-                record.llr[alt] = _mean(r[j][0] for r in results)
-                record.cos[alt] = _mean(r[j][1] for r in results)
-                record.l2[alt] = _mean(r[j][2] for r in results)
+            fill_scores(record, [strand[i] for strand in per_strand])
+
+
+def fill_scores(record: Record, per_strand: list[HaplotypeScores]) -> None:
+    """Set the record's llr, cos and l2 of every ALT to score: the mean over the strands'
+    results (the context-mode scorer, context.py, fills records the same way)."""
+    results = [_with_distances(s) for s in per_strand]
+    for j, alt in enumerate(record.alts_to_score()):
+        record.llr[alt] = _mean(r[j][0] for r in results)
+        record.cos[alt] = _mean(r[j][1] for r in results)
+        record.l2[alt] = _mean(r[j][2] for r in results)
 
 
 def _with_distances(scores: HaplotypeScores) -> list[tuple[float | None, float, float]]:

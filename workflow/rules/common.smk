@@ -12,9 +12,10 @@ validate(config, "../schemas/config.schema.yaml")
 
 # --- config sections -> command-line flags ----------------------------------------------------
 # Each step's section of config.yaml holds options of its `genossm` command (their defaults live
-# in the command: `genossm <step> --help`) and these settings of the rule itself. Every rule that
-# runs a model, and tokenize, passes `--threads {threads}`.
-RULE_SETTINGS = ("threads", "mem_mb", "runtime", "gpus")
+# in the command: `genossm <step> --help`) and these settings of the rule itself (and parts,
+# the number of score jobs a call set is scattered over, see score.smk). Every rule that runs a
+# model, and tokenize, passes `--threads {threads}`.
+RULE_SETTINGS = ("threads", "mem_mb", "runtime", "gpus", "parts")
 STEPS = ("tokenize", "train", "evaluate", "score", "embed")
 
 
