@@ -22,20 +22,16 @@ was measured up to ~25x slower that way (the einsum baseline, made of few huge o
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
-import resource
-import subprocess
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 from genossm.ops.scan_chunked import CPU_CHUNK, scan_chunked
 from genossm.ops.scan_ref import scan_ref
+from scan_bench import best, cpu_pressure, omp_policy, spawn_case, time_fwd_bwd
 
 
 def _segsum(a):
@@ -95,11 +91,6 @@ def _inputs(length, heads, headdim, groups, dstate, seed=0, dtype=torch.float32)
     return [t.requires_grad_() for t in (x, dt, A, B, C, D)]
 
 
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def run_case(args):
     """In this process: time forward+backward of one implementation; print a JSON line."""
     torch.set_num_threads(args.threads)
@@ -110,22 +101,8 @@ def run_case(args):
     fn(*small, chunk_size=args.chunk)[0].sum().backward()
     del small
     ins = _inputs(args.length, args.heads, args.headdim, args.groups, args.dstate)
-    gy = torch.randn(ins[0].shape, generator=torch.Generator().manual_seed(1))
-    gc.collect()
-    base = _rss_bytes()
-    times = []
-    for _ in range(args.reps):
-        t0 = time.perf_counter()
-        y, _ = fn(*ins, chunk_size=args.chunk)
-        y.backward(gy)
-        times.append(time.perf_counter() - t0)
-        del y
-        for t in ins:
-            t.grad = None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"case": args.case, "length": args.length, "chunk": args.chunk,
-                      "min_s": min(times), "median_s": sorted(times)[len(times) // 2],
-                      "peak_mib": max(0, peak - base) / 2**20}))
+    stats = time_fwd_bwd(lambda *a: fn(*a, chunk_size=args.chunk), ins, args.reps)
+    print(json.dumps({"case": args.case, "length": args.length, "chunk": args.chunk, **stats}))
 
 
 def check_agreement(heads, headdim, groups, dstate):
@@ -140,39 +117,12 @@ def check_agreement(heads, headdim, groups, dstate):
             raise SystemExit(f"{name} disagrees with ref: max abs error {err:.3g}")
 
 
-def _best(old, new):
-    """Merge two results of one case: the fastest time and the largest peak."""
-    if old is None:
-        return new
-    return {**new, "min_s": min(old["min_s"], new["min_s"]),
-            "peak_mib": max(old["peak_mib"], new["peak_mib"])}
-
-
-def _cpu_pressure():
-    """The kernel's CPU pressure line (share of time runnable tasks waited for a CPU), if any."""
-    try:
-        with open("/proc/pressure/cpu") as f:
-            return f.readline().strip()
-    except OSError:
-        return "n/a"
-
-
-def _omp_policy(args):
-    if args.omp_wait_policy == "inherit":
-        return os.environ.get("OMP_WAIT_POLICY")
-    return args.omp_wait_policy
-
-
 def spawn(args, case, length, chunk, reps):
-    cmd = [sys.executable, "-P", os.path.abspath(__file__), "--case", case, "--length", str(length),
-           "--chunk", str(chunk), "--reps", str(reps), "--threads", str(args.threads),
-           "--heads", str(args.heads), "--headdim", str(args.headdim),
-           "--groups", str(args.groups), "--dstate", str(args.dstate)]
-    env = dict(os.environ)
-    if args.omp_wait_policy != "inherit":
-        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    res = json.loads(out.strip().splitlines()[-1])
+    case_args = ["--case", case, "--length", str(length), "--chunk", str(chunk),
+                 "--reps", str(reps), "--threads", str(args.threads), "--heads", str(args.heads),
+                 "--headdim", str(args.headdim), "--groups", str(args.groups),
+                 "--dstate", str(args.dstate)]
+    res = spawn_case(__file__, case_args, args.omp_wait_policy)
     print(f"  {case:7s} L={length:>7,d} chunk={chunk:<4d} fwd+bwd min {res['min_s']:8.3f} s  "
           f"median {res['median_s']:8.3f} s  peak {res['peak_mib']:9.1f} MiB", flush=True)
     return res
@@ -211,10 +161,10 @@ def main(argv=None):
           f"{args.threads} threads")
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, "
           f"python {platform.python_version()}")
-    print(f"OMP_WAIT_POLICY={_omp_policy(args) or '(unset)'} in the subprocesses (PASSIVE: idle "
+    print(f"OMP_WAIT_POLICY={omp_policy(args) or '(unset)'} in the subprocesses (PASSIVE: idle "
           "OpenMP workers sleep instead of spinning)")
     print("peak = ru_maxrss after the runs minus RSS after imports+inputs (fresh subprocess)")
-    print(f"CPU pressure at start (other work on this machine): {_cpu_pressure()}")
+    print(f"CPU pressure at start (other work on this machine): {cpu_pressure()}")
     print("runs:")
     ref = spawn(args, "ref", ref_length, args.chunk, 1)
     # the torch backend takes the chunk size as a hint and runs at min(chunk, CPU_CHUNK) on
@@ -222,10 +172,10 @@ def main(argv=None):
     eff_chunk = min(args.chunk, CPU_CHUNK)
     ein = ein_eff = tor = None
     for _ in range(args.rounds):  # alternate, so that load from other work hits all alike
-        ein = _best(ein, spawn(args, "einsum", length, args.chunk, args.reps))
+        ein = best(ein, spawn(args, "einsum", length, args.chunk, args.reps))
         if eff_chunk != args.chunk:
-            ein_eff = _best(ein_eff, spawn(args, "einsum", length, eff_chunk, args.reps))
-        tor = _best(tor, spawn(args, "torch", length, args.chunk, args.reps))
+            ein_eff = best(ein_eff, spawn(args, "einsum", length, eff_chunk, args.reps))
+        tor = best(tor, spawn(args, "torch", length, args.chunk, args.reps))
     mem = [tor if n == length else spawn(args, "torch", n, args.chunk, 1) for n in mem_lengths]
     scale = length / ref_length
     ref_t, ref_m = ref["min_s"] * scale, ref["peak_mib"] * scale
@@ -252,7 +202,7 @@ def main(argv=None):
         print(f"        at equal chunk {eff_chunk}: einsum/torch time "
               f"{ein_eff['min_s'] / tor['min_s']:.2f}, memory "
               f"{ein_eff['peak_mib'] / tor['peak_mib']:.2f}")
-    print(f"CPU pressure at end: {_cpu_pressure()}")
+    print(f"CPU pressure at end: {cpu_pressure()}")
     print()
     print("torch backend peak memory vs length (linear growth expected):")
     print("(a constant per-block working set plus a per-step part: linear means a constant")

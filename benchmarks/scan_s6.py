@@ -34,14 +34,9 @@ benchmarks/scan.py: spinning idle OpenMP workers starve the calling thread on a 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
-import resource
-import subprocess
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +44,7 @@ import torch.nn.functional as F
 from genossm.ops import scan_s6_chunked as s6
 from genossm.ops.scan_ref import scan_ref
 from genossm.ops.scan_s6_chunked import scan_s6_chunked
+from scan_bench import best, cpu_pressure, omp_policy, spawn_case, time_fwd_bwd
 
 
 def scan_loop(x, dt, A, B, C, D=None, *, initial_state=None, return_final_state=False,
@@ -92,11 +88,6 @@ def _inputs(length, channels, dstate, seed=0, dtype=torch.float32):
     return [t.requires_grad_() for t in (x, dt, A, B, C, D)]
 
 
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def run_case(args):
     """In this process: time forward+backward of one implementation; print a JSON line."""
     torch.set_num_threads(args.threads)
@@ -106,22 +97,8 @@ def run_case(args):
     fn(*small)[0].sum().backward()
     del small
     ins = _inputs(args.length, args.channels, args.dstate)
-    gy = torch.randn(ins[0].shape, generator=torch.Generator().manual_seed(1))
-    gc.collect()
-    base = _rss_bytes()
-    times = []
-    for _ in range(args.reps):
-        t0 = time.perf_counter()
-        y, _ = fn(*ins)
-        y.backward(gy)
-        times.append(time.perf_counter() - t0)
-        del y
-        for t in ins:
-            t.grad = None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"case": args.case, "length": args.length, "min_s": min(times),
-                      "median_s": sorted(times)[len(times) // 2],
-                      "peak_mib": max(0, peak - base) / 2**20}))
+    stats = time_fwd_bwd(fn, ins, args.reps)
+    print(json.dumps({"case": args.case, "length": args.length, **stats}))
 
 
 def check_agreement(channels, dstate):
@@ -141,41 +118,14 @@ def check_agreement(channels, dstate):
             raise SystemExit(f"{name} disagrees with ref: max abs error {err:.3g}")
 
 
-def _cpu_pressure():
-    """The kernel's CPU pressure line (share of time runnable tasks waited for a CPU), if any."""
-    try:
-        with open("/proc/pressure/cpu") as f:
-            return f.readline().strip()
-    except OSError:
-        return "n/a"
-
-
-def _omp_policy(args):
-    if args.omp_wait_policy == "inherit":
-        return os.environ.get("OMP_WAIT_POLICY")
-    return args.omp_wait_policy
-
-
 def spawn(args, case, length, reps):
-    cmd = [sys.executable, "-P", os.path.abspath(__file__), "--case", case, "--length", str(length),
-           "--reps", str(reps), "--threads", str(args.threads), "--channels", str(args.channels),
-           "--dstate", str(args.dstate)]
-    env = dict(os.environ)
-    if args.omp_wait_policy != "inherit":
-        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    res = json.loads(out.strip().splitlines()[-1])
+    case_args = ["--case", case, "--length", str(length), "--reps", str(reps),
+                 "--threads", str(args.threads), "--channels", str(args.channels),
+                 "--dstate", str(args.dstate)]
+    res = spawn_case(__file__, case_args, args.omp_wait_policy)
     print(f"  {case:6s} L={length:>7,d} fwd+bwd min {res['min_s']:8.3f} s  "
           f"median {res['median_s']:8.3f} s  peak {res['peak_mib']:9.1f} MiB", flush=True)
     return res
-
-
-def _best(old, new):
-    """Merge two results of one case: the fastest time and the largest peak."""
-    if old is None:
-        return new
-    return {**new, "min_s": min(old["min_s"], new["min_s"]),
-            "peak_mib": max(old["peak_mib"], new["peak_mib"])}
 
 
 def main(argv=None):
@@ -214,15 +164,15 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, "
           f"python {platform.python_version()}")
     print(f"torch backend layout: chunks of {Q} steps, {K} chunks per block")
-    print(f"OMP_WAIT_POLICY={_omp_policy(args) or '(unset)'} in the subprocesses")
+    print(f"OMP_WAIT_POLICY={omp_policy(args) or '(unset)'} in the subprocesses")
     print("peak = ru_maxrss after the runs minus RSS after imports+inputs (fresh subprocess)")
-    print(f"CPU pressure at start (other work on this machine): {_cpu_pressure()}")
+    print(f"CPU pressure at start (other work on this machine): {cpu_pressure()}")
     print("runs:")
     ref = spawn(args, "ref", ref_length, 1)
     loop = spawn(args, "loop", loop_length, 1)
     tor = None
     for _ in range(args.rounds):
-        tor = _best(tor, spawn(args, "torch", length, args.reps))
+        tor = best(tor, spawn(args, "torch", length, args.reps))
     mem = {n: tor if n == length else spawn(args, "torch", n, 2 if n == loop_length else 1)
            for n in mem_lengths}
     print()
@@ -245,7 +195,7 @@ def main(argv=None):
           f"ref/torch time {rows[0][2] / tor['min_s']:.1f}; at the loop's own length "
           f"{loop_length:,}: loop {loop['min_s']:.2f} s, torch {same['min_s']:.3f} s, "
           f"ratio {loop['min_s'] / same['min_s']:.1f}")
-    print(f"CPU pressure at end: {_cpu_pressure()}")
+    print(f"CPU pressure at end: {cpu_pressure()}")
     print()
     print("torch backend peak memory vs length (linear growth expected):")
     print("| length  | fwd+bwd s | peak MiB | marginal MiB per 1k steps |")

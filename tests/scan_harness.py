@@ -108,3 +108,19 @@ def check_against_ref(inp, backend, *, dtype=torch.float64, chunk_size=16, rtol=
     assert all(v.dtype == dtype for v in g.values() if v is not None)
     assert_matches_ref(got, want, rtol=rtol, atol=atol, relative=relative, tols=tols)
     return got, want
+
+
+def check_pieces_equal_one_pass(inp, *, chunk_size):
+    """The torch backend over 50 steps in pieces (0-7, 7-8, 8-33, 33-50), each piece started
+    from the previous one's final state, equals one pass: y and the final state."""
+    x, dt, A, B, C, D, s0 = (inp[k] for k in ("x", "dt", "A", "B", "C", "D", "initial_state"))
+    full, full_s = selective_scan(x, dt, A, B, C, D, initial_state=s0, return_final_state=True,
+                                  chunk_size=chunk_size, backend="torch")
+    state, ys = s0, []
+    for lo, hi in ((0, 7), (7, 8), (8, 33), (33, 50)):
+        y, state = selective_scan(x[:, lo:hi], dt[:, lo:hi], A, B[:, lo:hi], C[:, lo:hi], D,
+                                  initial_state=state, return_final_state=True,
+                                  chunk_size=chunk_size, backend="torch")
+        ys.append(y)
+    torch.testing.assert_close(torch.cat(ys, dim=1), full, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state, full_s, rtol=1e-12, atol=1e-12)

@@ -10,7 +10,14 @@ import torch
 
 from genossm.ops import selective_scan
 from genossm.ops.scan_ref import scan_ref
-from scan_harness import assert_matches_ref, cast, check_against_ref, make_inputs, run
+from scan_harness import (
+    assert_matches_ref,
+    cast,
+    check_against_ref,
+    check_pieces_equal_one_pass,
+    make_inputs,
+    run,
+)
 
 # (batch, length, chunk, heads, groups, headdim, dstate, D, initial state, softplus+bias, limit)
 CASES = {
@@ -90,17 +97,7 @@ def test_torch_strong_decay_is_finite_and_exact():
 
 def test_torch_streaming_pieces_equal_one_pass():
     inp = make_inputs(6, 2, 50, 4, 2, 4, 4, bias=False)
-    x, dt, A, B, C, D, s0 = (inp[k] for k in ("x", "dt", "A", "B", "C", "D", "initial_state"))
-    full, full_s = selective_scan(x, dt, A, B, C, D, initial_state=s0, return_final_state=True,
-                                  chunk_size=16, backend="torch")
-    state, ys = s0, []
-    for lo, hi in ((0, 7), (7, 8), (8, 33), (33, 50)):
-        y, state = selective_scan(x[:, lo:hi], dt[:, lo:hi], A, B[:, lo:hi], C[:, lo:hi], D,
-                                  initial_state=state, return_final_state=True, chunk_size=16,
-                                  backend="torch")
-        ys.append(y)
-    torch.testing.assert_close(torch.cat(ys, dim=1), full, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(state, full_s, rtol=1e-12, atol=1e-12)
+    check_pieces_equal_one_pass(inp, chunk_size=16)
 
 
 def test_torch_non_contiguous_inputs():

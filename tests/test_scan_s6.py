@@ -17,7 +17,13 @@ from genossm.ops import scan_s6_chunked as s6
 from genossm.ops import selective_scan
 from genossm.ops.scan_s6_chunked import scan_s6_chunked
 from helpers import ROOT
-from scan_harness import assert_matches_ref, check_against_ref, make_inputs, run
+from scan_harness import (
+    assert_matches_ref,
+    check_against_ref,
+    check_pieces_equal_one_pass,
+    make_inputs,
+    run,
+)
 
 FIXTURE = ROOT / "tests/data/interop/mamba1_lm_tiny/io.safetensors"
 
@@ -227,17 +233,7 @@ def test_torch_gradcheck(blocks):
 def test_torch_pieces_carried_by_the_final_state_equal_one_pass(blocks):
     blocks(2, 8, 50, 4, 2, 4, 2, 4)
     inp = s6_inputs(7, 2, 50, 4, 2, 2, 4, bias=False)
-    x, dt, A, B, C, D, s0 = (inp[k] for k in ("x", "dt", "A", "B", "C", "D", "initial_state"))
-    full, full_s = selective_scan(x, dt, A, B, C, D, initial_state=s0, return_final_state=True,
-                                  chunk_size=4, backend="torch")
-    state, ys = s0, []
-    for lo, hi in ((0, 7), (7, 8), (8, 33), (33, 50)):
-        y, state = selective_scan(x[:, lo:hi], dt[:, lo:hi], A, B[:, lo:hi], C[:, lo:hi], D,
-                                  initial_state=state, return_final_state=True, chunk_size=4,
-                                  backend="torch")
-        ys.append(y)
-    torch.testing.assert_close(torch.cat(ys, dim=1), full, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(state, full_s, rtol=1e-12, atol=1e-12)
+    check_pieces_equal_one_pass(inp, chunk_size=4)
 
 
 def test_torch_non_contiguous_inputs():

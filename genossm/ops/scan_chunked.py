@@ -42,7 +42,12 @@ def _blocks(length, chunk, batch, heads):
     """Yield (start, n_chunks, chunk_len) blocks covering [0, length); a ragged tail is its own
     one-chunk block of shorter length, so nothing is padded or copied."""
     per_chunk = batch * heads * chunk * chunk
-    k_max = max(1, BLOCK_ELEMENTS // per_chunk)
+    yield from _block_iter(length, chunk, max(1, BLOCK_ELEMENTS // per_chunk))
+
+
+def _block_iter(length, chunk, k_max):
+    """Yield (start, n_chunks, chunk_len) blocks of at most ``k_max`` chunks of ``chunk`` steps
+    covering [0, length), then a ragged tail as a one-chunk block of its own."""
     n_full = length // chunk
     start = 0
     while n_full > 0:

@@ -67,6 +67,8 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from genossm.ops.scan_chunked import _block_iter
+
 #: Least number of elements of a step op: a block has K = ceil(STEP_ELEMENTS / (b h p n))
 #: chunks, so that each step of the passes is one op over at least this many elements, about
 #: where the work of an op outweighs its fixed cost (~2 us). Larger states give K = 1.
@@ -96,18 +98,6 @@ def _shape(chunk, per_step):
     """(chunk length Q, chunks per block K) for a state of ``per_step`` elements."""
     k_max = max(1, -(-STEP_ELEMENTS // per_step))
     return max(1, min(chunk, max(MIN_CHUNK, BLOCK_ELEMENTS // (k_max * per_step)))), k_max
-
-
-def _block_iter(length, chunk, k_max):
-    n_full = length // chunk
-    start = 0
-    while n_full > 0:
-        k = min(k_max, n_full)
-        yield start, k, chunk
-        start += k * chunk
-        n_full -= k
-    if start < length:
-        yield start, 1, length - start
 
 
 def _to_inner(s, g):

@@ -23,7 +23,12 @@ import os
 import torch
 import triton
 
-from genossm.ops.scan_triton import _interpreting, _pow2
+from genossm.ops.scan_triton import (
+    _check_inputs,
+    _empty_scan,
+    _kernel_operands,
+    _pow2,
+)
 from genossm.ops.triton_kernels import s6
 
 # Elements of a program's (states x rows) state tile. A program is one warp: for dstate 16,
@@ -206,32 +211,16 @@ def scan_s6_triton(x, dt, A, B, C, D=None, *, initial_state=None, return_final_s
     Returns (y in x.dtype, float32 final state or None). x, B, C may be float32, bfloat16 or
     float16; the checkpoint interval is ``checkpoint_len(chunk_size)``.
     """
-    tensors = [t for t in (x, dt, A, B, C, D, initial_state) if t is not None]
-    if not _interpreting() and not all(t.is_cuda for t in tensors):
-        raise RuntimeError("the triton scan backend needs CUDA tensors (or TRITON_INTERPRET=1 "
-                           "set before triton is imported, to run the kernels on CPU for "
-                           "tests); use backend='torch' on CPU")
-    if len({t.device for t in tensors}) != 1:
-        raise ValueError("all scan inputs must be on one device")
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"the triton scan backend takes float32, bfloat16 or float16 x, got "
-                        f"{x.dtype}; use backend='ref' for float64")
+    _check_inputs(x, dt, A, B, C, D, initial_state)
     if A.dim() != 2:
         raise ValueError(f"the S6 scan takes A of shape (heads, dstate), got {tuple(A.shape)}")
     batch, length, heads, headdim = x.shape
     if length == 0:
-        final = (initial_state.float().clone() if initial_state is not None else
-                 x.new_zeros(batch, heads, headdim, B.shape[3], dtype=torch.float32))
-        return x.clone(), (final if return_final_state else None)
-
-    def _narrow(t):  # 16/32-bit operands for the kernels; float64 B/C come down to float32
-        return t.float() if t.dtype == torch.float64 else t
-
+        return _empty_scan(x, B, initial_state, return_final_state)
     if D is not None:
         D = D.float()
         D = (D[:, None].expand(heads, headdim) if D.dim() == 1 else D).reshape(-1).contiguous()
     init = initial_state.float().contiguous() if initial_state is not None else None
-    y, final = _S6Triton.apply(
-        x.contiguous(), dt.float().contiguous(), A.float().contiguous(),
-        _narrow(B).contiguous(), _narrow(C).contiguous(), D, init, checkpoint_len(chunk_size))
+    y, final = _S6Triton.apply(*_kernel_operands(x, dt, A, B, C), D, init,
+                               checkpoint_len(chunk_size))
     return y, (final if return_final_state else None)

@@ -31,6 +31,40 @@ def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(n))
 
 
+def _check_inputs(x, dt, A, B, C, D, initial_state):
+    """The device and dtype checks of the Triton scan backends (SSD and S6)."""
+    tensors = [t for t in (x, dt, A, B, C, D, initial_state) if t is not None]
+    if not _interpreting() and not all(t.is_cuda for t in tensors):
+        raise RuntimeError("the triton scan backend needs CUDA tensors (or TRITON_INTERPRET=1 "
+                           "set before triton is imported, to run the kernels on CPU for "
+                           "tests); use backend='torch' on CPU")
+    if len({t.device for t in tensors}) != 1:
+        raise ValueError("all scan inputs must be on one device")
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"the triton scan backend takes float32, bfloat16 or float16 x, got "
+                        f"{x.dtype}; use backend='ref' for float64")
+
+
+def _empty_scan(x, B, initial_state, return_final_state):
+    """A Triton scan backend's result for length 0: y empty, the initial state carried through
+    (float32), zeros without one."""
+    batch, _, heads, headdim = x.shape
+    final = (initial_state.float().clone() if initial_state is not None else
+             x.new_zeros(batch, heads, headdim, B.shape[3], dtype=torch.float32))
+    return x.clone(), (final if return_final_state else None)
+
+
+def _narrow(t):
+    """16/32-bit operands for the kernels; float64 B/C come down to float32."""
+    return t.float() if t.dtype == torch.float64 else t
+
+
+def _kernel_operands(x, dt, A, B, C):
+    """x, dt, A, B, C as the Triton scan kernels take them: contiguous, dt and A in float32."""
+    return (x.contiguous(), dt.float().contiguous(), A.float().contiguous(),
+            _narrow(B).contiguous(), _narrow(C).contiguous())
+
+
 def chunk_len(chunk_size: int) -> int:
     """The chunk length actually used: the largest power of two <= chunk_size, within [16, 1024]
     (tl.dot wants power-of-two tiles of at least 16; mathematically the result does not
@@ -194,30 +228,14 @@ def scan_triton(x, dt, A, B, C, D=None, *, initial_state=None, return_final_stat
     Returns (y in x.dtype, float32 final state or None). x, B, C may be float32, bfloat16 or
     float16; the chunk length is ``chunk_len(chunk_size)``.
     """
-    tensors = [t for t in (x, dt, A, B, C, D, initial_state) if t is not None]
-    if not _interpreting() and not all(t.is_cuda for t in tensors):
-        raise RuntimeError("the triton scan backend needs CUDA tensors (or TRITON_INTERPRET=1 "
-                           "set before triton is imported, to run the kernels on CPU for "
-                           "tests); use backend='torch' on CPU")
-    if len({t.device for t in tensors}) != 1:
-        raise ValueError("all scan inputs must be on one device")
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"the triton scan backend takes float32, bfloat16 or float16 x, got "
-                        f"{x.dtype}; use backend='ref' for float64")
+    _check_inputs(x, dt, A, B, C, D, initial_state)
     batch, length, heads, headdim = x.shape
     if length == 0:
-        final = (initial_state.float().clone() if initial_state is not None else
-                 x.new_zeros(batch, heads, headdim, B.shape[3], dtype=torch.float32))
-        return x.clone(), (final if return_final_state else None)
-
-    def _narrow(t):  # 16/32-bit operands for the kernels; float64 B/C come down to float32
-        return t.float() if t.dtype == torch.float64 else t
-
+        return _empty_scan(x, B, initial_state, return_final_state)
     if D is not None:
         D = (D.float()[:, None].expand(heads, headdim) if D.dim() == 1 else D.float())
         D = D.contiguous()
     init = initial_state.float().contiguous() if initial_state is not None else None
-    y, final = _SelectiveScanTriton.apply(
-        x.contiguous(), dt.float().contiguous(), A.float().contiguous(),
-        _narrow(B).contiguous(), _narrow(C).contiguous(), D, init, chunk_len(chunk_size))
+    y, final = _SelectiveScanTriton.apply(*_kernel_operands(x, dt, A, B, C), D, init,
+                                          chunk_len(chunk_size))
     return y, (final if return_final_state else None)
