@@ -365,18 +365,18 @@ def _add_score(sub) -> None:
 
 
 def _add_split_calls(sub) -> None:
-    p = sub.add_parser("split-calls", argument_default=argparse.SUPPRESS,
-                       help="VCF/BCF -> N part VCFs to score as separate jobs",
-                       description="Split a call set into N parts balanced by record count, "
-                                   "cut only between contigs or positions (records at one "
-                                   "position stay together), for `genossm score` to score "
-                                   "each part as its own job and `genossm gather-scores` to "
-                                   "gather them into what one job would have written. Writes "
-                                   "PARTS_DIR/1-of-N.vcf.gz .. N-of-N.vcf.gz: bgzipped VCF "
-                                   "with the call set's header (and a ##genossm_part line) and "
-                                   "the part's records, in input order, as their text (a BCF's "
-                                   "records as htslib writes them in VCF); parts beyond the "
-                                   "last record hold the header only.")
+    p = _stage_parser(sub, "split-calls",
+                      help="VCF/BCF -> N part VCFs to score as separate jobs",
+                      description="Split a call set into N parts balanced by record count, "
+                                  "cut only between contigs or positions (records at one "
+                                  "position stay together), for `genossm score` to score "
+                                  "each part as its own job and `genossm gather-scores` to "
+                                  "gather them into what one job would have written. Writes "
+                                  "PARTS_DIR/1-of-N.vcf.gz .. N-of-N.vcf.gz: bgzipped VCF "
+                                  "with the call set's header (and a ##genossm_part line) and "
+                                  "the part's records, in input order, as their text (a BCF's "
+                                  "records as htslib writes them in VCF); parts beyond the "
+                                  "last record hold the header only.")
     p.add_argument("vcf", type=Path, metavar="VCF", help="VCF (plain or compressed) or BCF, "
                                                          "sorted")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="PARTS_DIR",
@@ -388,15 +388,15 @@ def _add_split_calls(sub) -> None:
 
 
 def _add_gather_scores(sub) -> None:
-    p = sub.add_parser("gather-scores", argument_default=argparse.SUPPRESS,
-                       help="scored parts -> one scored VCF + table",
-                       description="Gather the parts of a call set that `genossm split-calls` "
-                                   "wrote and `genossm score` scored into one bgzipped, "
-                                   "tabix-indexed VCF and one table: the records and rows in "
-                                   "the call set's order, as one `genossm score` job would "
-                                   "have written them. Each part's table is read from beside "
-                                   "its VCF (PART.tsv for PART.vcf.gz). Every part of the split "
-                                   "must be given, once, in any order, all scored alike.")
+    p = _stage_parser(sub, "gather-scores",
+                      help="scored parts -> one scored VCF + table",
+                      description="Gather the parts of a call set that `genossm split-calls` "
+                                  "wrote and `genossm score` scored into one bgzipped, "
+                                  "tabix-indexed VCF and one table: the records and rows in "
+                                  "the call set's order, as one `genossm score` job would "
+                                  "have written them. Each part's table is read from beside "
+                                  "its VCF (PART.tsv for PART.vcf.gz). Every part of the split "
+                                  "must be given, once, in any order, all scored alike.")
     p.add_argument("parts", nargs="+", type=Path, metavar="PART.vcf.gz",
                    help="the scored parts (genossm score's outputs for the parts)")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.vcf.gz")

@@ -70,7 +70,9 @@ STAGE_DEFAULTS = {"tokenize": _tokenize_defaults, "train": _train_defaults,
                   "embed": _function_defaults("genossm.embed", "embed"),
                   "convert": _function_defaults("genossm.convert", "convert"),
                   "export": _function_defaults("genossm.hf", "export"),
-                  "benchmark": _function_defaults("genossm.benchmark", "benchmark")}
+                  "benchmark": _function_defaults("genossm.benchmark", "benchmark"),
+                  "split-calls": _function_defaults("genossm.score.parts", "split_calls"),
+                  "gather-scores": _function_defaults("genossm.score.parts", "gather_scores")}
 
 
 class StageDefaultsHelp(argparse.HelpFormatter):

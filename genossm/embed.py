@@ -109,9 +109,9 @@ class Embedder:
         self.streaming = model.config.causal
         self.device = model.embedding.weight.device
         # an rc_equivariant model's two strand halves, or their average
+        self.halves = model.config.rc_equivariant and strand_halves
         self.averaged = model.config.rc_equivariant and not strand_halves
-        halves = model.config.rc_equivariant and strand_halves
-        self.width = model.config.d_model * (2 if halves else 1)
+        self.width = model.config.d_model * (2 if self.halves else 1)
 
     def pieces(self, length: int, mirrored: bool) -> list[tuple[int, int]]:
         """[lo, hi) pieces of a pass over ``length`` bases. Mirrored pieces put the short one
@@ -292,7 +292,7 @@ def embed(model_dir, fasta, output, *, bed=None, per_base: bool = False, layer: 
         attrs = {
             "format": FORMAT_VERSION, "kind": KIND, "model": str(model_dir),
             "model_config": model.config.to_dict(), "layer": layer, "pooling": "mean",
-            "rc_average": rc_average, "strand_halves": embedder.width > model.config.d_model,
+            "rc_average": rc_average, "strand_halves": embedder.halves,
             "per_base": per_base, "width": embedder.width,
             "fasta": str(fasta), "bed": None if bed is None else str(bed),
             "created_by": f"genossm {__version__}",
