@@ -30,7 +30,14 @@ from tqdm import tqdm
 
 from genossm import __version__, alphabet
 from genossm.errors import InputError
-from genossm.fileio import OutputKind, StagedOutputs, claim_outputs
+from genossm.fileio import (
+    OutputKind,
+    StagedOutputs,
+    check_distinct,
+    claim_outputs,
+    created_by_genossm,
+    json_object,
+)
 from genossm.markov import MarkovBaseline
 from genossm.model import GenoSSM, ModelDir, TrainingInfo, last_record
 from genossm.plots import PLOT, plot_bits_by_position, plot_training_curves
@@ -47,22 +54,14 @@ POSITION_BINS = 64        # log-spaced bins of bits by position in the window
 CURVES_PLOT = "training_curves.png"
 POSITION_PLOT = "bits_by_position.png"
 LN2 = math.log(2.0)
-METRICS_MAX_BYTES = 64 << 20   # larger than any metrics file; a larger file is not one
 
 
 def is_metrics(path) -> bool:
     """Whether ``path`` is a METRICS.json genossm evaluate wrote: a JSON object with
     ``model_bits_per_base`` and genossm's ``created_by`` (or, older files, ``measure``)."""
-    try:
-        if Path(path).stat().st_size > METRICS_MAX_BYTES:
-            return False
-        metrics = json.loads(Path(path).read_bytes())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(metrics, dict):
-        return False
-    ours = str(metrics.get("created_by", "")).startswith("genossm ") or "measure" in metrics
-    return ours and "model_bits_per_base" in metrics
+    metrics = json_object(path)
+    return metrics is not None and "model_bits_per_base" in metrics and \
+        (created_by_genossm(metrics) or "measure" in metrics)
 
 
 METRICS = OutputKind("a genossm evaluate METRICS.json", is_metrics)
@@ -363,8 +362,8 @@ def evaluate(model_dir, store_path, output, *, regions_bed=None, plots_dir=None,
     plots_dir = output.parent if plots_dir is None else Path(plots_dir)
     plots = {"training_curves": plots_dir / CURVES_PLOT,
              "bits_by_position": plots_dir / POSITION_PLOT}
-    if output.resolve() in {p.resolve() for p in plots.values()}:
-        raise InputError(output, "is also the path of a plot; name METRICS.json otherwise")
+    check_distinct({**{f"the {k} plot": p for k, p in plots.items()},
+                    "METRICS.json (-o)": output})
     claim_outputs([*((p, PLOT) for p in plots.values()), (output, METRICS)],
                   inputs=[model_dir, store_path, regions_bed], force=force)
     if chunk_length < 1:

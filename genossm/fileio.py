@@ -9,6 +9,8 @@ one, is refused with or without ``--force``; an existing output is refused witho
 recognised by its owner: ``OutputKind``) may be replaced, and anything else there is refused
 with a line that says what it is.
 
+``check_distinct`` comes first: no two outputs of one run at one path, nor one inside another.
+
 ``StagedOutputs`` is the one way to write an output: ask it for the temporary path of each
 output, write there, and leave the ``with`` block; on success every output is renamed into
 place (in the order staged: stage the file that marks a run as finished last), on any exception
@@ -23,12 +25,13 @@ another node finds its last checkpoint).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import uuid
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,6 +229,39 @@ class OutputKind:
     recognise: Callable[[Path], bool]
 
 
+def starts_with_row(path, columns: Sequence[str]) -> bool:
+    """Whether the file at ``path`` starts with the line ``columns``, tab-separated: how each
+    TSV genossm writes is recognised (its header row, which its writer owns)."""
+    row = "\t".join(columns).encode()
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(len(row) + 2)
+    except OSError:
+        return False
+    return first.rstrip(b"\r\n") == row
+
+
+JSON_MAX_BYTES = 64 << 20   # larger than any JSON file genossm writes; a larger file is not one
+
+
+def json_object(path) -> dict | None:
+    """The JSON object in the file at ``path``, or None where there is none (no readable file,
+    not JSON, not an object, or over JSON_MAX_BYTES): for the OutputKinds of the JSON files
+    genossm writes, each recognised by its own keys (``created_by_genossm``)."""
+    try:
+        if Path(path).stat().st_size > JSON_MAX_BYTES:
+            return None
+        found = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def created_by_genossm(found: dict) -> bool:
+    """Whether a JSON object says genossm wrote it: ``created_by`` "genossm VERSION"."""
+    return str(found.get("created_by", "")).startswith("genossm ")
+
+
 def _describe(path: Path) -> str:
     if path.is_symlink() and not path.exists():
         return "a broken link"
@@ -245,6 +281,33 @@ def _same_or_nested(a: Path, b: Path) -> bool:
         return a.exists() and b.exists() and os.path.samefile(a, b)   # hard links
     except OSError:
         return False
+
+
+def check_distinct(outputs: dict[str, Path | None]) -> None:
+    """No two outputs of one run (by role: "the table (--table)") at one path, nor one inside
+    another (a directory given for one that is a file of another): the rename of the later
+    would replace the earlier, or delete it with the directory it was put in. Paths compare
+    resolved (links followed); a role given None (an output not asked for) is skipped.
+    InputError with one line otherwise. Call it before ``claim_outputs``."""
+    seen: list[tuple[Path, str, Path]] = []
+    for role, path in outputs.items():
+        if path is None:
+            continue
+        resolved = Path(os.path.realpath(path))
+        for other, other_role, other_path in seen:
+            if resolved == other:
+                raise InputError(path, f"is both {other_role} and {role}; give each output "
+                                       "its own path")
+            pair = None
+            if other in resolved.parents:
+                pair = (path, role), (other_path, other_role)
+            elif resolved in other.parents:
+                pair = (other_path, other_role), (path, role)
+            if pair is not None:
+                (inner, inner_role), (outer, outer_role) = pair
+                raise InputError(inner, f"{inner_role} would lie inside {outer_role} "
+                                        f"({outer}); give each output its own path")
+        seen.append((resolved, role, Path(path)))
 
 
 def claim_outputs(outputs: Iterable[tuple[Path, OutputKind]], *, inputs: Iterable,

@@ -65,3 +65,30 @@ def files(directory) -> dict:
     """Every file under ``directory`` (relative path -> bytes): outputs and inputs unchanged."""
     return {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")
             if p.is_file()}
+
+
+def tiny_model(directory, seed=0, **overrides):
+    """A random tiny model with confident predictions (large embedding), saved to directory;
+    ``overrides`` are ModelConfig values over the defaults here."""
+    import torch
+
+    from genossm.model import GenoSSM, ModelConfig, save_model
+
+    torch.manual_seed(seed)
+    config = ModelConfig(**{**dict(d_model=16, n_layer=2, d_state=8, headdim=8, chunk_size=16,
+                                   initializer_range=0.5), **overrides})
+    model = GenoSSM(config).eval()
+    save_model(model, directory)
+    return model
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table of a dry run."""
+    lines = output[output.index("Job stats:"):].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) != 2 or not fields[1].isdigit():
+            break
+        counts[fields[0]] = int(fields[1])
+    return counts

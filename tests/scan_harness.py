@@ -1,16 +1,25 @@
-"""The harness the scan tests share (test_scan.py, test_scan_triton.py): random scan inputs, and
-a backend's outputs, final state and the gradient of every input checked against the float64
-sequential reference (``backend="ref"``)."""
+"""The harness the scan tests share (test_scan.py, test_scan_triton.py and their S6 twins):
+random scan inputs, and a backend's outputs, final state and the gradient of every input checked
+against the float64 sequential reference (``backend="ref"``); the checks every Triton kernel
+shares; and benchmarks/scan_gpu.py, loaded or run with --compile-check."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 from genossm.ops import selective_scan
 
 NAMES = ("x", "dt", "A", "B", "C", "D", "dt_bias", "initial_state")
+SCAN_ARGS = ("x", "dt", "A", "B", "C", "D")     # the positional arguments of a scan
+GPU_BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "scan_gpu.py"
 
 
 def make_inputs(seed, batch, length, heads, groups, headdim, dstate, *, d_shape="h",
@@ -110,17 +119,72 @@ def check_against_ref(inp, backend, *, dtype=torch.float64, chunk_size=16, rtol=
     return got, want
 
 
+def one_pass_and_pieces(inp, cuts, **kw):
+    """((y, final state) of ``selective_scan`` in one pass, (y, final state) of the pieces
+    [lo, hi) of ``cuts`` in turn, each started from the previous one's final state, their y
+    concatenated). ``kw`` (backend, chunk_size) go to every call."""
+    x, dt, A, B, C, D = (inp[k] for k in SCAN_ARGS)
+    whole = selective_scan(x, dt, A, B, C, D, initial_state=inp["initial_state"],
+                           return_final_state=True, **kw)
+    state, ys = inp["initial_state"], []
+    for lo, hi in cuts:
+        y, state = selective_scan(x[:, lo:hi], dt[:, lo:hi], A, B[:, lo:hi], C[:, lo:hi], D,
+                                  initial_state=state, return_final_state=True, **kw)
+        ys.append(y)
+    return whole, (torch.cat(ys, dim=1), state)
+
+
 def check_pieces_equal_one_pass(inp, *, chunk_size):
     """The torch backend over 50 steps in pieces (0-7, 7-8, 8-33, 33-50), each piece started
     from the previous one's final state, equals one pass: y and the final state."""
-    x, dt, A, B, C, D, s0 = (inp[k] for k in ("x", "dt", "A", "B", "C", "D", "initial_state"))
-    full, full_s = selective_scan(x, dt, A, B, C, D, initial_state=s0, return_final_state=True,
-                                  chunk_size=chunk_size, backend="torch")
-    state, ys = s0, []
-    for lo, hi in ((0, 7), (7, 8), (8, 33), (33, 50)):
-        y, state = selective_scan(x[:, lo:hi], dt[:, lo:hi], A, B[:, lo:hi], C[:, lo:hi], D,
-                                  initial_state=state, return_final_state=True,
-                                  chunk_size=chunk_size, backend="torch")
-        ys.append(y)
-    torch.testing.assert_close(torch.cat(ys, dim=1), full, rtol=1e-12, atol=1e-12)
+    (full, full_s), (ys, state) = one_pass_and_pieces(
+        inp, ((0, 7), (7, 8), (8, 33), (33, 50)), chunk_size=chunk_size, backend="torch")
+    torch.testing.assert_close(ys, full, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(state, full_s, rtol=1e-12, atol=1e-12)
+
+
+# --- what every Triton kernel (scan_triton, scan_s6_triton) is checked for ----------------------
+
+def check_empty_length(kernel, inp):
+    """``kernel`` on float32 inputs of length 0: y of the input's shape, and the initial state
+    as the final state."""
+    inp = cast(inp, torch.float32)
+    y, final = kernel(*(inp[k] for k in SCAN_ARGS), initial_state=inp["initial_state"],
+                      return_final_state=True)
+    assert y.shape == inp["x"].shape
+    torch.testing.assert_close(final, inp["initial_state"])
+
+
+def check_rejects_cpu_without_interpreter_and_float64(kernel, inp, monkeypatch):
+    """``kernel`` refuses float64 inputs (TypeError), and CPU tensors without the interpreter
+    (RuntimeError naming CUDA)."""
+    inp = cast(inp, torch.float32)
+    args = [inp[k] for k in ("x", "dt", "A", "B", "C")]
+    with pytest.raises(TypeError, match="float64"):
+        kernel(args[0].double(), *args[1:])
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        kernel(*args)
+
+
+def load_gpu_benchmark():
+    """benchmarks/scan_gpu.py as a module."""
+    spec = importlib.util.spec_from_file_location("scan_gpu_bench", GPU_BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compile_check(*args) -> subprocess.CompletedProcess:
+    """``benchmarks/scan_gpu.py --compile-check *args``, compiling kernels for sm_90 (no GPU
+    needed; the interpreter does not type-check kernels as the compiler does), without the
+    interpreter. Skips the test where triton's CUDA toolchain (ptxas) is not installed."""
+    import triton
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip("triton's CUDA toolchain (ptxas) is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    return subprocess.run([sys.executable, str(GPU_BENCHMARK), "--compile-check", *args],
+                          env=env, capture_output=True, text=True, timeout=600)

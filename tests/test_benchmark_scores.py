@@ -490,3 +490,37 @@ def test_never_over_an_input_and_force_only_over_its_own(scored, tmp_path, capsy
     # two outputs at one path
     assert main(["benchmark", str(scored), "-o", str(out), "--table", str(out), *args]) == 2
     one_error_line(capsys, str(out), "give each output its own path")
+
+
+def test_no_output_over_the_scored_input_or_the_labels_nor_inside_another(scored, tmp_path,
+                                                                          capsys):
+    """The plots directory, and the paths derived from METRICS.json (the default table,
+    STEM.roc.png, ...), are claimed like -o: never the scored input or the labels TSV, with or
+    without --force; and no output may lie inside another (its rename would delete it)."""
+    labels = labels_tsv(tmp_path / "labels.tsv", read_alleles(scored), function_score)
+    table = scored.with_name("scored.tsv")
+    inputs = {p: p.read_bytes() for p in (scored, table, labels)}
+    by_table = ["--label-column", "function_score", "--labels", str(labels), "--positive",
+                "<-1", "--bootstrap", "10", "-q", "--force"]
+    by_info = ["--label-info", "DB", "--bootstrap", "10", "-q"]
+    for argv, message in [
+        ([str(scored), "-o", str(tmp_path / "a.json"), "--plots", str(scored), *by_info],
+         [f"{scored}/a.roc.png", "is an input of this run"]),
+        ([str(table), "-o", str(tmp_path / "b.json"), "--plots", str(labels), *by_table],
+         [f"{labels}/b.roc.png", "is an input of this run"]),
+        ([str(table), "-o", str(tmp_path / "labels.json"), *by_table],      # its default table
+         [str(labels), "is an input of this run"]),
+        ([str(scored), "-o", str(tmp_path / "c.json"), "--table", str(tmp_path / "d"),
+          "--plots", str(tmp_path / "d"), *by_info],
+         ["c.roc.png: the roc plot would lie inside the table (--table)", "its own path"]),
+        ([str(scored), "-o", str(tmp_path / "e.json"), "--plots", str(tmp_path / "e.json"),
+          *by_info], ["the roc plot would lie inside METRICS.json (-o)"]),
+        ([str(scored), "-o", str(tmp_path / "f.json"), "--table",
+          str(tmp_path / "f.roc.png" / "t.tsv"), *by_info],
+         ["the table (--table) would lie inside the roc plot"]),
+    ]:
+        before = files(tmp_path)
+        assert run_cli(["benchmark", *argv]) == 2
+        one_error_line(capsys, *message)
+        assert files(tmp_path) == before
+        assert {p: p.read_bytes() for p in inputs} == inputs

@@ -13,9 +13,9 @@ import torch
 
 pytest.importorskip("triton")
 
+import scan_harness as harness  # noqa: E402
 from genossm.ops import scan_s6_triton as s6mod  # noqa: E402
 from genossm.ops.scan_s6_triton import checkpoint_len, scan_s6_triton  # noqa: E402
-from genossm.ops.selective_scan import selective_scan  # noqa: E402
 from scan_harness import assert_tensor_close, cast, check_against_ref, make_inputs  # noqa: E402
 
 
@@ -98,16 +98,9 @@ def test_float16_inputs():
 def test_streaming_pieces_equal_one_pass():
     inputs = cast(_inputs(batch=2, length=45, heads=3, headdim=2, groups=1, d_shape="hp"),
                   torch.float32)
-    args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D")]
-    y, final = selective_scan(*args, initial_state=inputs["initial_state"],
-                              return_final_state=True, chunk_size=16, backend="triton")
-    state, ys = inputs["initial_state"], []
-    for lo, hi in ((0, 17), (17, 18), (18, 45)):
-        piece = [a[:, lo:hi] for a in args[:2]] + [args[2]] + [a[:, lo:hi] for a in args[3:5]]
-        yp, state = selective_scan(*piece, args[5], initial_state=state,
-                                   return_final_state=True, chunk_size=16, backend="triton")
-        ys.append(yp)
-    assert_tensor_close("y", torch.cat(ys, 1), y, rtol=0.0, atol=1e-6, relative=True)
+    (y, final), (ys, state) = harness.one_pass_and_pieces(
+        inputs, ((0, 17), (17, 18), (18, 45)), chunk_size=16, backend="triton")
+    assert_tensor_close("y", ys, y, rtol=0.0, atol=1e-6, relative=True)
     assert_tensor_close("final_state", state, final, rtol=0.0, atol=1e-6, relative=True)
 
 
@@ -130,39 +123,18 @@ def test_checkpoint_len():
 
 
 def test_empty_length():
-    inputs = cast(_inputs(length=0, heads=2), torch.float32)
-    y, final = scan_s6_triton(inputs["x"], inputs["dt"], inputs["A"], inputs["B"], inputs["C"],
-                              inputs["D"], initial_state=inputs["initial_state"],
-                              return_final_state=True)
-    assert y.shape == inputs["x"].shape
-    torch.testing.assert_close(final, inputs["initial_state"])
+    harness.check_empty_length(scan_s6_triton, _inputs(length=0, heads=2))
 
 
 def test_rejects_cpu_without_interpreter_and_float64(monkeypatch):
-    inputs = cast(_inputs(length=4, heads=2), torch.float32)
-    args = [inputs[k] for k in ("x", "dt", "A", "B", "C")]
-    with pytest.raises(TypeError, match="float64"):
-        scan_s6_triton(args[0].double(), *args[1:])
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="CUDA"):
-        scan_s6_triton(*args)
-
-
-def _load_benchmark():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scan_gpu.py"
-    spec = importlib.util.spec_from_file_location("scan_gpu_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    harness.check_rejects_cpu_without_interpreter_and_float64(
+        scan_s6_triton, _inputs(length=4, heads=2), monkeypatch)
 
 
 def test_gpu_benchmark_s6_smoke(capsys):
     """benchmarks/scan_gpu.py --s6 at tiny sizes on the interpreter: the segmented run (two
     segments) agrees with one pass."""
-    _load_benchmark().main(["--s6", "--cpu-interpret-smoke", "--dtypes", "fp32"])
+    harness.load_gpu_benchmark().main(["--s6", "--cpu-interpret-smoke", "--dtypes", "fp32"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| fp32")]
     assert len(rows) == 1, rows
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
@@ -173,22 +145,7 @@ def test_gpu_benchmark_s6_smoke(capsys):
 def test_s6_kernels_compile_for_h100():
     """The interpreter does not type-check kernels as the compiler does: compile the S6 kernels
     for sm_90 (no GPU needed) through the benchmark's --compile-check."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import triton
-
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    if not ptxas.exists():
-        pytest.skip("triton's CUDA toolchain (ptxas) is not installed")
-    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "scan_gpu.py"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    proc = subprocess.run([sys.executable, str(bench), "--compile-check", "--kernels", "s6",
-                           "--dtypes", "bf16", "fp32"], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = harness.compile_check("--kernels", "s6", "--dtypes", "bf16", "fp32")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [line for line in proc.stdout.splitlines() if " s6_" in line]
     assert len(lines) == 10 and all(" ok " in line for line in lines), proc.stdout

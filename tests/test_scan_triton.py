@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
+import scan_harness as harness  # noqa: E402
 from genossm.ops.scan_triton import chunk_len, scan_triton  # noqa: E402
 from genossm.ops.selective_scan import selective_scan  # noqa: E402
 from scan_harness import assert_tensor_close, cast, check_against_ref, make_inputs  # noqa: E402
@@ -83,17 +84,10 @@ def test_random_shapes(length, chunk, heads_groups, d_shape, init, seed):
 
 
 def test_streaming_pieces_equal_one_pass():
-    inputs = cast(_inputs(length=70), torch.float32)
-    args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D")]
-    y, final = selective_scan(*args, initial_state=inputs["initial_state"],
-                              return_final_state=True, chunk_size=16, backend="triton")
-    state, ys = inputs["initial_state"], []
-    for lo, hi in ((0, 23), (23, 24), (24, 70)):
-        piece = [a[:, lo:hi] for a in args[:2]] + [args[2]] + [a[:, lo:hi] for a in args[3:5]]
-        yp, state = selective_scan(*piece, args[5], initial_state=state,
-                                   return_final_state=True, chunk_size=16, backend="triton")
-        ys.append(yp)
-    _close("y", torch.cat(ys, 1), y, 1e-5)
+    (y, final), (ys, state) = harness.one_pass_and_pieces(
+        cast(_inputs(length=70), torch.float32), ((0, 23), (23, 24), (24, 70)), chunk_size=16,
+        backend="triton")
+    _close("y", ys, y, 1e-5)
     _close("final_state", state, final, 1e-5)
 
 
@@ -117,39 +111,18 @@ def test_chunk_len():
 
 
 def test_empty_length():
-    inputs = cast(_inputs(batch=1, length=0, heads=2, groups=1), torch.float32)
-    y, final = scan_triton(inputs["x"], inputs["dt"], inputs["A"], inputs["B"], inputs["C"],
-                           inputs["D"], initial_state=inputs["initial_state"],
-                           return_final_state=True)
-    assert y.shape == inputs["x"].shape
-    torch.testing.assert_close(final, inputs["initial_state"])
+    harness.check_empty_length(scan_triton, _inputs(batch=1, length=0, heads=2, groups=1))
 
 
 def test_rejects_cpu_without_interpreter_and_float64(monkeypatch):
-    inputs = cast(_inputs(batch=1, length=4, heads=2, groups=1), torch.float32)
-    args = [inputs[k] for k in ("x", "dt", "A", "B", "C")]
-    with pytest.raises(TypeError, match="float64"):
-        scan_triton(args[0].double(), *args[1:])
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="CUDA"):
-        scan_triton(*args)
-
-
-def _load_benchmark():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scan_gpu.py"
-    spec = importlib.util.spec_from_file_location("scan_gpu_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    harness.check_rejects_cpu_without_interpreter_and_float64(
+        scan_triton, _inputs(batch=1, length=4, heads=2, groups=1), monkeypatch)
 
 
 def test_gpu_benchmark_smoke(capsys):
     """benchmarks/scan_gpu.py: --help, and every code path at tiny sizes on the interpreter,
     where the two backends must agree."""
-    bench = _load_benchmark()
+    bench = harness.load_gpu_benchmark()
     with pytest.raises(SystemExit) as exc:
         bench.main(["--help"])
     assert exc.value.code == 0
@@ -166,21 +139,7 @@ def test_gpu_benchmark_smoke(capsys):
 def test_kernels_compile_for_h100(sizes):
     """The interpreter does not type-check kernels as the compiler does: compile each one for
     sm_90 (no GPU needed) through the benchmark's --compile-check."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import triton
-
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    if not ptxas.exists():
-        pytest.skip("triton's CUDA toolchain (ptxas) is not installed")
-    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "scan_gpu.py"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    proc = subprocess.run([sys.executable, str(bench), "--compile-check", "--kernels", "ssd",
-                           *sizes], env=env, capture_output=True, text=True, timeout=600)
+    proc = harness.compile_check("--kernels", "ssd", *sizes)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # the SSD kernels here; the S6 kernels' compile test is in test_scan_s6_triton.py
     assert proc.stdout.count(" ok ") == (16 if not sizes else 8), proc.stdout

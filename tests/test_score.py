@@ -16,9 +16,16 @@ import torch
 
 from genossm.cli import main
 from genossm.errors import InputError
-from genossm.model import GenoSSM, ModelConfig, save_model
 from genossm.score import score_vcf
-from helpers import CHR20, DATA, fasta_records, one_error_line, unwritable_dir, write_fasta
+from helpers import (
+    CHR20,
+    DATA,
+    fasta_records,
+    one_error_line,
+    tiny_model,
+    unwritable_dir,
+    write_fasta,
+)
 
 VCF4 = DATA / "tabix_4.chr20_1-2000000.vcf"      # SNVs, 383 samples, some 8-column lines
 VCF5 = DATA / "tabix_5.chr20_1-2000000.vcf"      # 280 indels, VCF 4.0, no ##contig lines
@@ -31,16 +38,6 @@ GENOSSM_KEYS = ("GENOSSM_LLR", "GENOSSM_COS", "GENOSSM_L2", "GENOSSM_STATUS")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_model(directory, seed=0, **kw):
-    """A random tiny model with confident predictions (large embedding), saved to directory."""
-    torch.manual_seed(seed)
-    config = ModelConfig(d_model=16, n_layer=2, d_state=8, headdim=8, chunk_size=16,
-                         initializer_range=0.5, **kw)
-    model = GenoSSM(config).eval()
-    save_model(model, directory)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,8 @@ import torch
 
 from genossm.cli import main
 from genossm.errors import InputError
-from genossm.model import GenoSSM, ModelConfig, save_model
 from genossm.score import context, score_vcf
-from helpers import CHR20, DATA, one_error_line, write_fasta
+from helpers import CHR20, DATA, one_error_line, tiny_model, write_fasta
 
 VCF4 = DATA / "tabix_4.chr20_1-2000000.vcf"
 VCF16 = DATA / "tabix_16.chr20_1-2000000.vcf"
@@ -32,24 +31,18 @@ SCORES = ("llr", "cosine_distance", "l2_distance")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_model(directory, seed=0, **kw):
-    """A random tiny model with confident predictions and a long memory (small dt and A: one
-    base 100 bases upstream moves a score by about 1e-3, far above the tolerance); scan chunks
-    of 16 bases, so that grid lines at multiples of 100 and variants fall between chunk
-    boundaries."""
-    torch.manual_seed(seed)
-    config = ModelConfig(d_model=16, n_layer=2, d_state=8, headdim=8, chunk_size=16,
-                         initializer_range=0.5, dt_min=1e-3, dt_max=1e-2, A_init_max=4.0,
-                         **kw)
-    model = GenoSSM(config).eval()
-    save_model(model, directory)
-    return model
+def long_memory_model(directory, **kw):
+    """A random tiny model (helpers.tiny_model) with confident predictions and a long memory
+    (small dt and A: one base 100 bases upstream moves a score by about 1e-3, far above the
+    tolerance); scan chunks of 16 bases, so that grid lines at multiples of 100 and variants
+    fall between chunk boundaries."""
+    return tiny_model(directory, dt_min=1e-3, dt_max=1e-2, A_init_max=4.0, **kw)
 
 
 @pytest.fixture(scope="module")
 def causal(tmp_path_factory):
     directory = tmp_path_factory.mktemp("causal")
-    return tiny_model(directory), directory
+    return long_memory_model(directory), directory
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +304,7 @@ def test_every_status_as_in_windowed_mode(causal, small, tmp_path):
 
 def test_a_model_that_cannot_stream_is_refused(small, tmp_path):
     fasta, seq = small
-    tiny_model(tmp_path / "masked", objective="mlm", bidirectional=True)
+    long_memory_model(tmp_path / "masked", objective="mlm", bidirectional=True)
     vcf = kinds_vcf(seq, tmp_path / "in.vcf")
     out = tmp_path / "out"
     out.mkdir()

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pysam
 import pytest
-from test_score import tiny_model
 
 from genossm import cli
 from genossm.cli import main
 from genossm.errors import InputError
 from genossm.score import score_vcf
 from genossm.score.parts import gather_scores, split_calls
-from helpers import CHR20, DATA, ROOT, one_error_line
+from helpers import CHR20, DATA, ROOT, files, job_counts, one_error_line, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -411,17 +410,6 @@ def snakemake(workdir: Path, *args) -> str:
     return proc.stdout + proc.stderr
 
 
-def job_counts(output: str) -> dict[str, int]:
-    lines = output[output.index("Job stats:"):].splitlines()[3:]
-    counts = {}
-    for line in lines:
-        fields = line.split()
-        if len(fields) != 2 or not fields[1].isdigit():
-            break
-        counts[fields[0]] = int(fields[1])
-    return counts
-
-
 def test_dry_run_of_a_24_contig_call_set_in_8_parts_per_contig(tmp_path):
     shutil.copytree(ROOT / "config", tmp_path / "config")
     synthetic_calls(tmp_path / "config/genome24.vcf", 24, 16)
@@ -455,3 +443,85 @@ def test_dry_run_of_a_24_contig_call_set_in_8_parts_per_contig(tmp_path):
            "results/score/chr20/small/genome24.parts/2-of-3.vcf.gz " \
            "results/score/chr20/small/genome24.parts/3-of-3.vcf.gz " \
            "-o results/score/chr20/small/genome24.vcf.gz" in slurm
+
+
+# --- the output policy: never over an input, nor one output inside another ----------------------
+
+def test_split_never_writes_over_its_input_or_a_users_files(calls, tmp_path, capsys):
+    """PARTS_DIR that is the call set, or that holds it under a part's name (even through a
+    link), is refused with or without --force; a PARTS_DIR that is a file is refused before
+    the call set is read; a user's files in PARTS_DIR are left alone."""
+    given = tmp_path / "given"
+    given.mkdir()
+    as_part = given / "1-of-2.vcf.gz"
+    pysam.tabix_compress(str(calls), str(as_part))
+    link = tmp_path / "link.vcf.gz"
+    link.symlink_to(as_part)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine\n")
+    inputs = {p: p.read_bytes() for p in (calls, as_part, a_file)}
+    for vcf, parts_dir, message in [
+        (calls, calls, [f"{calls}/1-of-2.vcf.gz", "is an input of this run"]),
+        (as_part, given, [str(as_part), "is an input of this run"]),
+        (link, given, [str(as_part), f"is an input of this run ({link})"]),
+        (calls, a_file, [str(a_file), "exists and is not a directory"]),
+    ]:
+        assert main(["split-calls", str(vcf), "-o", str(parts_dir), "--parts", "2",
+                     "--force"]) == 2
+        one_error_line(capsys, *message)
+        assert {p: p.read_bytes() for p in inputs} == inputs
+        assert sorted(p.name for p in given.iterdir()) == ["1-of-2.vcf.gz"]
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine\n")
+    assert main(["split-calls", str(calls), "-o", str(users), "--parts", "2", "--force"]) == 0
+    capsys.readouterr()
+    assert (users / "notes.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in users.iterdir()) == ["1-of-2.vcf.gz", "2-of-2.vcf.gz",
+                                                        "notes.txt"]
+
+
+def test_gather_never_writes_over_a_part_its_table_or_index(scored_parts, tmp_path, capsys):
+    """Every output of gather-scores, given or derived (the table beside -o), is refused where
+    it is a part, a part's table or its index, with --force too; and no output may lie inside
+    another (the later rename would delete it, after a summary that says it was written)."""
+    parts, _ = scored_parts
+    part = parts[0]
+    part_table = part.with_name("1-of-4.tsv")
+    index = Path(f"{part}.tbi")
+    inputs = {p: p.read_bytes() for p in (part, part_table, index)}
+    out = tmp_path / "out.vcf.gz"
+    for args, message in [
+        (["-o", str(out), "--table", str(part_table)], [str(part_table), "is an input"]),
+        (["-o", str(out), "--plot", str(index)], [str(index), "is an input"]),
+        (["-o", str(part.with_name("1-of-4.vcf.bgz"))], [str(part_table), "is an input"]),
+        (["-o", str(out), "--table", f"{out}/t.tsv"],
+         ["the table (--table) would lie inside the gathered VCF (-o)"]),
+        (["-o", str(out), "--table", str(tmp_path / "t"), "--plot", str(tmp_path / "t" / "p.png")],
+         ["the plot (--plot) would lie inside the table (--table)"]),
+    ]:
+        before = files(tmp_path)
+        assert main(["gather-scores", *map(str, parts), *args, "--force"]) == 2
+        one_error_line(capsys, *message)
+        assert files(tmp_path) == before and not out.exists()
+        assert {p: p.read_bytes() for p in inputs} == inputs
+
+
+def test_split_gather_and_benchmark_start_without_torch():
+    """The scatter-gather and benchmark commands import no torch (genossm.score's names are
+    imported on first use)."""
+    code = ("import sys, genossm.score.parts, genossm.benchmark, genossm.score; "
+            "assert 'torch' not in sys.modules, 'torch'; "
+            "from genossm.score import score_vcf; assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_split_force_does_not_replace_a_scored_part(calls, scored_parts, tmp_path, capsys):
+    """A scored part (a score job's work, with its index and table beside it) is not a part
+    that split-calls wrote: --force leaves it, and its index and table, as they were."""
+    scored = tmp_path / "scored"
+    shutil.copytree(scored_parts[0][0].parent, scored)
+    before = files(scored)
+    assert main(["split-calls", str(calls), "-o", str(scored), "--parts", "4", "--force"]) == 2
+    one_error_line(capsys, "1-of-4.vcf.gz: exists and is a file of", "not a call-set part")
+    assert files(scored) == before

@@ -10,7 +10,18 @@ import sys
 
 import pytest
 
-from genossm.fileio import StagedOutputs, atomic_write, recover, temporary_sibling
+from genossm.errors import InputError
+from genossm.fileio import (
+    JSON_MAX_BYTES,
+    StagedOutputs,
+    atomic_write,
+    check_distinct,
+    created_by_genossm,
+    json_object,
+    recover,
+    starts_with_row,
+    temporary_sibling,
+)
 
 
 def _dead_pid() -> int:
@@ -97,3 +108,44 @@ def test_recover_puts_back_an_old_output_moved_aside_on_another_host(tmp_path):
     aside.mkdir()
     recover(out)
     assert out.is_dir() and not aside.exists()
+
+
+def test_check_distinct_refuses_one_path_twice_or_one_output_inside_another(tmp_path):
+    """Two roles at one path (through a link too), or one output inside another, are one
+    error naming both roles; outputs not asked for (None) are skipped."""
+    a, link = tmp_path / "a.tsv", tmp_path / "link.tsv"
+    link.symlink_to(a)
+    check_distinct({"the table": a, "the plot": tmp_path / "a.png", "the index": None})
+    cases = [({"the table": a, "the plot": link}, "link.tsv: is both the table and the plot"),
+             ({"the VCF": tmp_path / "o", "the table": tmp_path / "o" / "t.tsv"},
+              "t.tsv: the table would lie inside the VCF"),
+             ({"the table": tmp_path / "o" / "t.tsv", "the VCF": tmp_path / "o"},
+              "t.tsv: the table would lie inside the VCF")]
+    for outputs, message in cases:
+        with pytest.raises(InputError, match=message):
+            check_distinct(outputs)
+    assert list(tmp_path.iterdir()) == [link]     # nothing made
+
+
+def test_output_kind_helpers_read_what_genossm_wrote_and_nothing_else(tmp_path):
+    """starts_with_row: the header row exactly (any line end); json_object: a JSON object of
+    bounded size, else None; created_by_genossm: genossm's created_by."""
+    tsv = tmp_path / "t.tsv"
+    for text, want in [("a\tb\n1\t2\n", True), ("a\tb\r\n", True), ("a\tb", True),
+                       ("a\tb\tc\n", False), ("a b\n", False), ("", False)]:
+        tsv.write_text(text, newline="")
+        assert starts_with_row(tsv, ("a", "b")) is want, text
+    assert not starts_with_row(tmp_path, ("a", "b")) and \
+        not starts_with_row(tmp_path / "none", ("a",))
+    js = tmp_path / "m.json"
+    js.write_text('{"created_by": "genossm 1.0", "k": 1}')
+    assert json_object(js) == {"created_by": "genossm 1.0", "k": 1}
+    assert created_by_genossm(json_object(js))
+    assert not created_by_genossm({"created_by": "other 1.0"}) and not created_by_genossm({})
+    for text in ("[1, 2]", "not json", "\xff"):
+        js.write_text(text, encoding="latin-1")
+        assert json_object(js) is None
+    assert json_object(tmp_path) is None and json_object(tmp_path / "none") is None
+    with open(js, "wb") as fh:                 # sparse: over the limit without the bytes
+        fh.truncate(JSON_MAX_BYTES + 1)
+    assert json_object(js) is None

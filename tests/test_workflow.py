@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 from genossm.store import TokenStore
-from helpers import CHR20, ROOT, fasta_records
+from helpers import CHR20, ROOT, fasta_records, job_counts
 
 BIN = Path(sys.executable).parent
 
@@ -128,18 +128,6 @@ def test_whole_dag_then_nothing_to_do_then_report(workdir, tmp_path):
 
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (900, 1280) and pixels.std() > 10     # not a blank page
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Snakemake's "Job stats" table of a dry run."""
-    lines = output[output.index("Job stats:"):].splitlines()[3:]
-    counts = {}
-    for line in lines:
-        fields = line.split()
-        if len(fields) != 2 or not fields[1].isdigit():
-            break
-        counts[fields[0]] = int(fields[1])
-    return counts
 
 
 def test_three_genomes_two_models_two_callsets_and_region_sets(workdir):

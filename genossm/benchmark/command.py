@@ -33,7 +33,7 @@ from genossm.benchmark.outputs import (
 from genossm.benchmark.plots import write_plots
 from genossm.benchmark.scored import ORIENTED, SCORES, Allele, read_inputs
 from genossm.errors import InputError
-from genossm.fileio import StagedOutputs, claim_outputs
+from genossm.fileio import StagedOutputs, check_distinct, claim_outputs
 from genossm.plots import PLOT
 from genossm.score.variants import SCORED
 
@@ -61,19 +61,19 @@ def benchmark(scored, output, *, label_info: str | None = None,
     table = default_table_path(output) if table is None else Path(table)
     plots = plot_paths(output, output.parent if plots_dir is None else Path(plots_dir))
     _check_options(label_info, label_column, labels, bootstrap)
-    _check_distinct({"METRICS.json (-o)": output, "the table (--table)": table,
-                     **{f"the {k} plot": p for k, p in plots.items()}})
+    check_distinct({"METRICS.json (-o)": output, "the table (--table)": table,
+                    **{f"the {k} plot": p for k, p in plots.items()}})
     claim_outputs([(output, BENCHMARK_METRICS), (table, BENCHMARK_TABLE),
                    *((p, PLOT) for p in plots.values())], inputs=[scored, labels], force=force)
-    found = measure(scored, label_info=label_info, label_column=label_column, labels=labels,
-                    positive=positive, negative=negative, group_by=group_by,
-                    bootstrap=bootstrap, seed=seed, progress=progress)
-    metrics = {**found.metrics, "table": str(table),
-               "plots": {k: str(p) for k, p in plots.items()}}
-    with StagedOutputs() as staged:
+    with StagedOutputs() as staged:   # temporaries first: one that cannot be made fails now
         staged_plots = {k: staged.file(p) for k, p in plots.items()}
         staged_table = staged.file(table)
         staged_metrics = staged.file(output)    # last: marks the run finished
+        found = measure(scored, label_info=label_info, label_column=label_column, labels=labels,
+                        positive=positive, negative=negative, group_by=group_by,
+                        bootstrap=bootstrap, seed=seed, progress=progress)
+        metrics = {**found.metrics, "table": str(table),
+                   "plots": {k: str(p) for k, p in plots.items()}}
         write_plots(found.classified, metrics["overall"], found.title, staged_plots)
         staged_table.write_text(table_text(metrics))
         staged_metrics.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
@@ -143,16 +143,6 @@ def _check_options(label_info, label_column, labels, bootstrap: int) -> None:
                                "labels)")
     if bootstrap < 0:
         raise InputError(None, f"--bootstrap must be 0 or more, got {bootstrap}")
-
-
-def _check_distinct(outputs: dict[str, Path]) -> None:
-    seen: dict[Path, str] = {}
-    for role, path in outputs.items():
-        resolved = Path(path).resolve()
-        if resolved in seen:
-            raise InputError(path, f"is both {seen[resolved]} and {role}; give each output "
-                                   "its own path")
-        seen[resolved] = role
 
 
 def _counts(alleles: list[Allele], classified) -> dict:

@@ -8,11 +8,10 @@ METRICS ``STEM.json``; and the one-line summary.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from genossm.benchmark.scored import ORIENTED
-from genossm.fileio import OutputKind
+from genossm.fileio import OutputKind, created_by_genossm, json_object, starts_with_row
 from genossm.score.variants import SCORED
 
 METRICS_FORMAT = 1
@@ -21,31 +20,19 @@ BENCHMARK_COLUMNS = ("group", "score", "n", "n_positive", "n_negative", "n_missi
                      "spearman", "spearman_low", "spearman_high")
 OVERALL = "all"
 PLOT_NAMES = {"roc": "roc.png", "precision_recall": "pr.png", "by_label": "by_label.png"}
-METRICS_MAX_BYTES = 64 << 20
 
 
 def is_benchmark_metrics(path) -> bool:
     """Whether ``path`` is a METRICS.json that genossm benchmark wrote: a JSON object with
     ``genossm_benchmark`` and genossm's ``created_by``."""
-    try:
-        if Path(path).stat().st_size > METRICS_MAX_BYTES:
-            return False
-        metrics = json.loads(Path(path).read_bytes())
-    except (OSError, ValueError):
-        return False
-    return isinstance(metrics, dict) and "genossm_benchmark" in metrics and \
-        str(metrics.get("created_by", "")).startswith("genossm ")
+    metrics = json_object(path)
+    return metrics is not None and "genossm_benchmark" in metrics and created_by_genossm(metrics)
 
 
 def is_benchmark_table(path) -> bool:
     """Whether ``path`` is the TSV genossm benchmark wrote: its first line is
     BENCHMARK_COLUMNS."""
-    try:
-        with open(path, "rb") as fh:
-            first = fh.readline(4096)
-    except OSError:
-        return False
-    return first.rstrip(b"\r\n") == "\t".join(BENCHMARK_COLUMNS).encode()
+    return starts_with_row(path, BENCHMARK_COLUMNS)
 
 
 BENCHMARK_METRICS = OutputKind("a genossm benchmark METRICS.json", is_benchmark_metrics)
@@ -82,7 +69,6 @@ def table_text(metrics: dict) -> str:
             row += [e["prevalence"], e["spearman"], *(e["spearman_ci"] or (None, None))]
             lines.append("\t".join(cell(v) for v in row))
     return "\n".join(lines) + "\n"
-
 
 
 def format_summary(metrics: dict, output) -> str:

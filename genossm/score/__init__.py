@@ -14,9 +14,25 @@ The parts, in the order a record meets them:
 - scorer.py: both strands averaged, distances, batching;
 - output.py: the annotated line, header lines, table rows, summary;
 - command.py: ``score_vcf``, the command.
+
+These names are imported on first use (``__getattr__``), so that the commands built on the
+light parts (split-calls and gather-scores, parts.py; genossm benchmark, which reads what
+output.py and variants.py define) start without importing torch.
 """
 
-from genossm.score.command import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW, score_vcf
-from genossm.score.output import format_summary
+import importlib
+
+_LAZY = {"DEFAULT_BATCH_SIZE": "command", "DEFAULT_WINDOW": "command", "score_vcf": "command",
+         "format_summary": "output"}
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_WINDOW", "format_summary", "score_vcf"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -19,7 +19,7 @@ import pysam
 from tqdm import tqdm
 
 from genossm.errors import InputError
-from genossm.fileio import StagedOutputs, claim_outputs
+from genossm.fileio import StagedOutputs, check_distinct, claim_outputs
 from genossm.plots import PLOT, plot_score_distributions
 from genossm.reference import Reference
 from genossm.runtime import check_window, open_model
@@ -70,8 +70,8 @@ def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAUL
     _check_options(output, window, batch_size, rename_chroms, chrom_map)
     left_context = _check_left_context(left_context, prefix_reuse)
     index = Path(f"{output}.tbi")
-    _check_distinct({"the scored VCF (-o)": output, "its index (-o + .tbi)": index,
-                     "the table (--table)": table, "the plot (--plot)": plot})
+    check_distinct({"the scored VCF (-o)": output, "its index (-o + .tbi)": index,
+                    "the table (--table)": table, "the plot (--plot)": plot})
     claim_outputs([(output, SCORED_VCF), (index, SCORED_VCF_INDEX), (table, SCORE_TABLE)]
                   + ([] if plot is None else [(Path(plot), PLOT)]),
                   inputs=[vcf, fasta, model_dir, chrom_map], force=force)
@@ -174,19 +174,6 @@ def _kind(config) -> str:
                              ("bidirectional", config.bidirectional),
                              ("rc_equivariant", config.rc_equivariant)) if on]
     return " and ".join(kinds) or "not causal"
-
-
-def _check_distinct(outputs: dict[str, Path | None]) -> None:
-    """No two outputs (by role) at one path: the later would replace the earlier."""
-    seen: dict[Path, str] = {}
-    for role, path in outputs.items():
-        if path is None:
-            continue
-        resolved = Path(path).resolve()
-        if resolved in seen:
-            raise InputError(path, f"is both {seen[resolved]} and {role}; give each output "
-                                   "its own path")
-        seen[resolved] = role
 
 
 @dataclass

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from genossm import __version__
-from genossm.fileio import OutputKind
+from genossm.fileio import OutputKind, starts_with_row
 from genossm.score.variants import SCORED, STATUSES, Record
 
 TABLE_COLUMNS = ("chrom", "pos", "id", "ref", "alt", "record", "alt_index", "llr",
@@ -27,19 +27,28 @@ TABIX_MAGIC = b"TBI\x01"
 _UNREADABLE = (OSError, EOFError, zlib.error)   # gzip.BadGzipFile is an OSError
 
 
+def vcf_header(path) -> list[bytes] | None:
+    """The header lines of a gzip-compressed VCF, up to and including ``#CHROM``, without their
+    line ends; None when it cannot be read as one."""
+    lines = []
+    try:
+        with gzip.open(path, "rb") as fh:
+            for line in iter(lambda: fh.readline(1 << 24), b""):
+                lines.append(line.rstrip(b"\r\n"))
+                if line.startswith(b"#CHROM"):
+                    return lines
+                if not line.startswith(b"##"):
+                    return None
+    except _UNREADABLE:
+        return None
+    return None
+
+
 def is_scored_vcf(path) -> bool:
     """Whether ``path`` is a VCF that genossm score wrote: gzip-compressed, its header holding
     a ``##genossm_score`` line."""
-    try:
-        with gzip.open(path, "rb") as fh:
-            for line in iter(lambda: fh.readline(1 << 20), b""):
-                if line.startswith(SCORE_HEADER):
-                    return True
-                if not line.startswith(b"##"):
-                    return False
-    except _UNREADABLE:
-        return False
-    return False
+    header = vcf_header(path)
+    return header is not None and any(line.startswith(SCORE_HEADER) for line in header)
 
 
 def is_scored_vcf_index(path) -> bool:
@@ -58,12 +67,7 @@ def is_scored_vcf_index(path) -> bool:
 
 def is_score_table(path) -> bool:
     """Whether ``path`` is a table that genossm score wrote: its first line is TABLE_COLUMNS."""
-    try:
-        with open(path, "rb") as fh:
-            first = fh.readline(4096)
-    except OSError:
-        return False
-    return first.rstrip(b"\r\n") == "\t".join(TABLE_COLUMNS).encode()
+    return starts_with_row(path, TABLE_COLUMNS)
 
 
 SCORED_VCF = OutputKind("a VCF scored by genossm", is_scored_vcf)

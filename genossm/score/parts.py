@@ -3,15 +3,19 @@
 into the one VCF and table that a single ``genossm score`` job would have written
 (``genossm gather-scores``).
 
-Split: ``split_calls`` reads the call set twice, streaming (to count and check its records,
-then to write them), and writes ``PARTS_DIR/I-of-N.vcf.gz`` for I = 1..N: bgzipped VCF text
-with the call set's header and the records of part I, in input order, each line the input's own
-bytes (for a BCF, htslib's VCF rendering: the text ``genossm score`` writes for a BCF). Parts
-are runs of consecutive records balanced by record count: part I ends at the first change of
-contig or position once it holds its share of the records not yet in a part (so records at one
-position are never split, and with no two records at one position the parts' sizes differ by
-at most one); a part may span contigs. Parts beyond the last record (more parts than positions)
-hold the header only. Each part's header has one more line, just before ``#CHROM``::
+Split: ``split_calls`` reads the call set twice, streaming: once to count and check its
+records (sorted, readable: a bad call set fails before a part is written), once to write them.
+Twice, because a part's share of the records follows from their total, which is needed before
+the first part is written; holding the records instead would take memory in proportion to the
+call set, streaming twice takes none. It writes ``PARTS_DIR/I-of-N.vcf.gz`` for I = 1..N:
+bgzipped VCF text with the call set's header and the records of part I, in input order, each
+line the input's own bytes (for a BCF, htslib's VCF rendering: the text ``genossm score``
+writes for a BCF). Parts are runs of consecutive records balanced by record count: part I ends
+at the first change of contig or position once it holds its share of the records not yet in a
+part (so records at one position are never split, and with no two records at one position the
+parts' sizes differ by at most one); a part may span contigs. Parts beyond the last record
+(more parts than positions) hold the header only. Each part's header has one more line, just
+before ``#CHROM``::
 
     ##genossm_part=part 3 of 8; first record 2001; records in all 9872; split 5a0c1e...; source
     calls.vcf       (one line)
@@ -50,9 +54,8 @@ from pathlib import Path
 import pysam
 
 from genossm.errors import InputError
-from genossm.fileio import OutputKind, StagedOutputs, claim_outputs
+from genossm.fileio import OutputKind, StagedOutputs, check_distinct, claim_outputs
 from genossm.plots import PLOT, plot_score_distributions
-from genossm.score.command import _check_distinct
 from genossm.score.output import (
     SCORE_HEADER,
     SCORE_TABLE,
@@ -61,6 +64,7 @@ from genossm.score.output import (
     TABLE_COLUMNS,
     default_table_path,
     format_summary,
+    vcf_header,
 )
 from genossm.score.variants import READ_BY_MODEL, VariantSource, quiet_htslib
 
@@ -82,28 +86,15 @@ def part_name(index: int, parts: int) -> str:
     return f"{index}-of-{parts}.vcf.gz"
 
 
-def _header(path: Path) -> list[bytes] | None:
-    """The header lines of a gzip-compressed VCF, up to and including ``#CHROM``; None when it
-    cannot be read as one."""
-    lines = []
-    try:
-        with gzip.open(path, "rb") as fh:
-            for line in iter(lambda: fh.readline(1 << 24), b""):
-                lines.append(line.rstrip(b"\r\n"))
-                if line.startswith(b"#CHROM"):
-                    return lines
-                if not line.startswith(b"##"):
-                    return None
-    except _UNREADABLE:
-        return None
-    return None
-
-
 def is_call_part(path) -> bool:
-    """Whether ``path`` is a part that genossm split-calls wrote (or genossm score scored): a
-    gzip-compressed VCF whose header holds a ``##genossm_part`` line."""
-    header = _header(Path(path))
-    return header is not None and any(line.startswith(PART_HEADER) for line in header)
+    """Whether ``path`` is a part that genossm split-calls wrote, not yet scored: a
+    gzip-compressed VCF whose header holds a ``##genossm_part`` line and no ``##genossm_score``
+    line. A scored part (genossm score's output, with its index and table beside it) is not one:
+    split-calls --force does not replace a score job's work with an unscored part, leaving its
+    index and table beside it."""
+    header = vcf_header(path)
+    return header is not None and any(line.startswith(PART_HEADER) for line in header) and \
+        not any(line.startswith(SCORE_HEADER) for line in header)
 
 
 CALL_PART = OutputKind("a call-set part written by genossm split-calls", is_call_part)
@@ -121,11 +112,13 @@ def split_calls(vcf, parts_dir, *, parts: int, force: bool = False) -> dict:
         raise InputError(None, f"--parts must be between 1 and {MAX_PARTS:,}, got {parts}")
     paths = [parts_dir / part_name(i, parts) for i in range(1, parts + 1)]
     claim_outputs([(p, CALL_PART) for p in paths], inputs=[vcf], force=force)
+    if (parts_dir.exists() or parts_dir.is_symlink()) and not parts_dir.is_dir():
+        raise InputError(parts_dir, "exists and is not a directory: give the directory to "
+                                    "write the parts in")
     source = VariantSource(vcf)
     if any(line.startswith(PART_HEADER) for line in source.header_lines):
         raise InputError(vcf, "is already a part of a split call set (its header has a "
                               "##genossm_part line); split the original call set")
-    total = source.check()
     split_id = uuid.uuid4().hex[:12].encode()
     source_name = os.fsencode(vcf).replace(b"\n", b" ").replace(b"\r", b" ")
     head, chrom_line = source.header_lines[:-1], source.header_lines[-1]
@@ -137,7 +130,8 @@ def split_calls(vcf, parts_dir, *, parts: int, force: bool = False) -> dict:
 
     sizes = [0] * parts
     with StagedOutputs() as staged:
-        staged_paths = [staged.file(p) for p in paths]
+        staged_paths = [staged.file(p) for p in paths]   # unwritable: fails before the reads
+        total = source.check()
         writer = _PartWriter()
         try:
             part, start, site = 0, 0, None
@@ -211,7 +205,7 @@ class _Part:
 def _read_part(path: Path) -> _Part:
     if not path.is_file():
         raise InputError(path, "no such file")
-    header = _header(path)
+    header = vcf_header(path)
     if header is None:
         raise InputError(path, "not a part scored by genossm score (not a gzip-compressed VCF "
                                "with a header)")
@@ -379,8 +373,8 @@ def gather_scores(parts, output, *, table=None, plot=None, force: bool = False) 
     if not output.name.endswith((".gz", ".bgz")):
         raise InputError(output, "the output is bgzipped and tabix-indexed: name it .vcf.gz")
     index = Path(f"{output}.tbi")
-    _check_distinct({"the gathered VCF (-o)": output, "its index (-o + .tbi)": index,
-                     "the table (--table)": table, "the plot (--plot)": plot})
+    check_distinct({"the gathered VCF (-o)": output, "its index (-o + .tbi)": index,
+                    "the table (--table)": table, "the plot (--plot)": plot})
     tables = [default_table_path(p) for p in paths]
     claim_outputs([(output, SCORED_VCF), (index, SCORED_VCF_INDEX), (table, SCORE_TABLE)]
                   + ([] if plot is None else [(Path(plot), PLOT)]),
