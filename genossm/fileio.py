@@ -229,16 +229,17 @@ class OutputKind:
     recognise: Callable[[Path], bool]
 
 
-def starts_with_row(path, columns: Sequence[str]) -> bool:
-    """Whether the file at ``path`` starts with the line ``columns``, tab-separated: how each
-    TSV genossm writes is recognised (its header row, which its writer owns)."""
+def starts_with_row(path, columns: Sequence[str], *, more: bool = False) -> bool:
+    """Whether the file at ``path`` starts with the line ``columns``, tab-separated (with
+    ``more``: followed by more columns): how each TSV genossm writes is recognised (its header
+    row, which its writer owns)."""
     row = "\t".join(columns).encode()
     try:
         with open(path, "rb") as fh:
-            first = fh.readline(len(row) + 2)
+            first = fh.readline(1 << 20).rstrip(b"\r\n")
     except OSError:
         return False
-    return first.rstrip(b"\r\n") == row
+    return first == row or (more and first.startswith(row + b"\t"))
 
 
 JSON_MAX_BYTES = 64 << 20   # larger than any JSON file genossm writes; a larger file is not one

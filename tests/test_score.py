@@ -442,7 +442,7 @@ def bad_inputs(tmp_path, fasta):
         ("unsorted", dict(vcf=unsorted), r"record 2 \(line \d+\).*not sorted"),
         ("contig twice", dict(vcf=regrouped), r"record 3.*contig 20 appears again"),
         ("malformed", dict(vcf=malformed), r"line \d+\): POS must be a number, got 'abc'"),
-        ("not a VCF", dict(vcf=CHR20), r"not a readable VCF"),
+        ("not a VCF", dict(vcf=CHR20), r"neither a VCF/BCF .* nor a variant table"),
         ("missing VCF", dict(vcf=tmp_path / "nope.vcf"), r"no such file"),
         ("scored before", dict(vcf=scored), r"already has GENOSSM_LLR"),
         ("gzip FASTA", dict(fasta=gzip_fasta), r"plain_gzip.fa.gz: cannot open as an indexed"),

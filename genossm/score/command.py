@@ -1,6 +1,8 @@
 """``genossm score``, the command: options checked, inputs opened, records annotated, scored a
 batch at a time (windowed mode, scorer.py) or a pass at a time (context mode, ``left_context``:
-context.py) and written in order, then the VCF indexed and, if asked, the scores plotted.
+context.py) and written in order, then the VCF indexed and, if asked, the scores plotted. A
+VCF/BCF is scored into a VCF and a table; a variant table (variant_table.py: ``-o`` named
+``.tsv``) into one table that keeps its other columns.
 
 Outputs are claimed first (fileio.claim_outputs: never an input of the run, replaced only with
 ``force`` and only when genossm wrote them), then staged (fileio.StagedOutputs) and renamed
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,22 +32,23 @@ from genossm.score.output import (
     SCORE_TABLE,
     SCORED_VCF,
     SCORED_VCF_INDEX,
-    TABLE_COLUMNS,
     annotated_line,
     default_table_path,
     score_header_lines,
+    table_header,
     table_rows,
 )
 from genossm.score.scorer import Scorer, batches
+from genossm.score.variant_table import VariantTable, open_variants
 from genossm.score.variants import (
     READ_BY_MODEL,
     ContigResolver,
     Record,
-    VariantSource,
     quiet_htslib,
     read_chrom_map,
 )
 
+TABLE_SUFFIX = ".tsv"    # -o named so: a variant table in, one scored table out
 DEFAULT_WINDOW = 4096
 DEFAULT_BATCH_SIZE = 32
 # Every window of a batch is held whole (flanks, tokens, and for a non-causal model its hidden
@@ -59,24 +63,34 @@ def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAUL
               progress: bool = True, piece_length: int | None = None, plot=None,
               beyond_trained_length: bool = False, left_context: int | str | None = None,
               force: bool = False) -> dict:
-    """Score every record of ``vcf`` (genossm.score) and write ``output`` (bgzipped VCF +
-    .tbi) and ``table`` (TSV; default beside the output), and with ``plot`` a PNG of the score
-    distributions; ``force`` replaces outputs an earlier run wrote. ``left_context`` (a number
-    of bases, or ``"contig"``; causal models) scores each variant given that much upstream
-    sequence (context.py) instead of a window's left flank; None: windowed mode. Returns the
-    summary that format_summary prints."""
+    """Score every record of ``vcf`` (genossm.score; a VCF/BCF, a variant table, ``-`` for
+    standard input) and write ``output`` (bgzipped VCF + .tbi) and ``table`` (TSV; default
+    beside the output), or for a variant table ``output`` (named .tsv) alone, and with ``plot``
+    a PNG of the score distributions; ``force`` replaces outputs an earlier run wrote.
+    ``left_context`` (a number of bases, or ``"contig"``; causal models) scores each variant
+    given that much upstream sequence (context.py) instead of a window's left flank; None:
+    windowed mode. Returns the summary that format_summary prints."""
     output, model_dir = Path(output), Path(model_dir)
-    table = Path(table) if table is not None else default_table_path(output)
-    _check_options(output, window, batch_size, rename_chroms, chrom_map)
+    table_only = output.name.endswith(TABLE_SUFFIX)
+    if table_only and table is not None:
+        raise InputError(None, "--table is for a VCF output; a variant table is scored into "
+                               "one table, -o")
+    table = output if table_only else Path(table) if table is not None else \
+        default_table_path(output)
+    _check_options(output, table_only, window, batch_size, rename_chroms, chrom_map)
     left_context = _check_left_context(left_context, prefix_reuse)
-    index = Path(f"{output}.tbi")
-    check_distinct({"the scored VCF (-o)": output, "its index (-o + .tbi)": index,
-                    "the table (--table)": table, "the plot (--plot)": plot})
-    claim_outputs([(output, SCORED_VCF), (index, SCORED_VCF_INDEX), (table, SCORE_TABLE)]
-                  + ([] if plot is None else [(Path(plot), PLOT)]),
+    index = None if table_only else Path(f"{output}.tbi")
+    check_distinct({"the scored VCF (-o)": None if table_only else output,
+                    "its index (-o + .tbi)": index, "the table (--table)": table,
+                    "the plot (--plot)": plot})
+    claim_outputs(([] if table_only else [(output, SCORED_VCF), (index, SCORED_VCF_INDEX)])
+                  + [(table, SCORE_TABLE)] + ([] if plot is None else [(Path(plot), PLOT)]),
                   inputs=[vcf, fasta, model_dir, chrom_map], force=force)
-    source = VariantSource(vcf)
-    with Reference(fasta) as reference:
+    with open_variants(vcf) as source, Reference(fasta) as reference:
+        if isinstance(source, VariantTable) != table_only:
+            raise InputError(output, "a VCF/BCF is scored into a VCF: name the output .vcf.gz"
+                             if table_only else "a variant table is scored into a table: "
+                             f"name the output {TABLE_SUFFIX}")
         resolver = ContigResolver(reference.lengths, rename_chroms,
                                   read_chrom_map(chrom_map) if chrom_map else None)
         n_records = source.check()
@@ -90,17 +104,18 @@ def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAUL
                                         f"stream; this one is {_kind(model.config)} (score it "
                                         "without --left-context)")
         renaming = rename_chroms or (f"mapped by {chrom_map}" if chrom_map else "as in the VCF")
-        header = [*source.header_lines[:-1],
-                  *score_header_lines(model_dir, model.config, window=window,
-                                      prefix_reuse=prefix_reuse, rc_average=scorer.rc_average,
-                                      renaming=renaming, left_context=left_context),
-                  source.header_lines[-1]]
+        header = None if table_only else [
+            *source.header_lines[:-1],
+            *score_header_lines(model_dir, model.config, window=window,
+                                prefix_reuse=prefix_reuse, rc_average=scorer.rc_average,
+                                renaming=renaming, left_context=left_context),
+            source.header_lines[-1]]
         annotate = Annotator(reference, resolver, window=window, causal_lm=scorer.causal_lm)
         with StagedOutputs() as staged:
             staged_table = staged.file(table)
             staged_plot = None if plot is None else staged.file(plot)
-            staged_index = staged.file(index)
-            staged_vcf = staged.file(output)   # last: renamed into place last
+            staged_index = None if table_only else staged.file(index)
+            staged_vcf = None if table_only else staged.file(output)   # renamed into place last
             records = map(annotate, source)
             if left_context is None:
                 bar = tqdm(total=n_records, unit=" records", desc="score",
@@ -113,10 +128,12 @@ def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAUL
                                        piece_length=piece_length)(records)
                 advance = _alleles
             with bar:
-                tally = _write(scored, header, staged_vcf, staged_table, bar, advance)
-            with quiet_htslib():   # not a word about POS 0 (telomere) records
-                pysam.tabix_index(str(staged_vcf), preset="vcf", force=True,
-                                  index=str(staged_index))
+                tally = _write(scored, header, staged_vcf, staged_table,
+                               source.extra_columns, bar, advance)
+            if not table_only:
+                with quiet_htslib():   # not a word about POS 0 (telomere) records
+                    pysam.tabix_index(str(staged_vcf), preset="vcf", force=True,
+                                      index=str(staged_index))
             if staged_plot is not None:
                 how = f"window {window:,}"
                 if left_context is not None:
@@ -134,9 +151,12 @@ def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAUL
             "hints": hints}
 
 
-def _check_options(output: Path, window: int, batch_size: int, rename_chroms, chrom_map):
-    if not output.name.endswith((".gz", ".bgz")):
-        raise InputError(output, "the output is bgzipped and tabix-indexed: name it .vcf.gz")
+def _check_options(output: Path, table_only: bool, window: int, batch_size: int, rename_chroms,
+                   chrom_map):
+    if not table_only and not output.name.endswith((".gz", ".bgz")):
+        raise InputError(output, "name the output .vcf.gz (a VCF/BCF is scored into a "
+                                 f"bgzipped, tabix-indexed VCF) or {TABLE_SUFFIX} (a variant "
+                                 "table is scored into a table)")
     if window < 2:
         raise InputError(None, f"--window must be at least 2, got {window}")
     if window > MAX_WINDOW:
@@ -210,17 +230,22 @@ def _alleles(record: Record) -> int:
     return len(record.alts)
 
 
-def _write(records: Iterable[Record], header: list[bytes], vcf_path: Path, table_path: Path,
-           bar: tqdm, advance) -> _Tally:
-    """Write the header and every scored record, in order, to the VCF (bgzipped) and the
-    table; the bar moves on by ``advance(record)``."""
+def _write(records: Iterable[Record], header: list[bytes] | None, vcf_path: Path | None,
+           table_path: Path, extra_columns, bar: tqdm, advance) -> _Tally:
+    """Write every scored record, in order, to the VCF (bgzipped, after ``header``; none for a
+    variant table) and the table (with a variant table's ``extra_columns``); the bar moves on
+    by ``advance(record)``."""
     tally = _Tally()
-    with pysam.BGZFile(str(vcf_path), "wb") as out, \
-            open(table_path, "w", encoding="utf-8") as tsv:
-        out.write(b"\n".join(header) + b"\n")
-        tsv.write("\t".join(TABLE_COLUMNS) + "\n")
+    with ExitStack() as stack:
+        out = None if vcf_path is None else stack.enter_context(pysam.BGZFile(str(vcf_path),
+                                                                              "wb"))
+        tsv = stack.enter_context(open(table_path, "w", encoding="utf-8"))
+        if out is not None:
+            out.write(b"\n".join(header) + b"\n")
+        tsv.write(table_header(extra_columns))
         for record in records:
-            out.write(annotated_line(record) + b"\n")
+            if out is not None:
+                out.write(annotated_line(record) + b"\n")
             tsv.writelines(row + "\n" for row in table_rows(record))
             tally.add(record)
             bar.update(advance(record))

@@ -66,8 +66,15 @@ def is_scored_vcf_index(path) -> bool:
 
 
 def is_score_table(path) -> bool:
-    """Whether ``path`` is a table that genossm score wrote: its first line is TABLE_COLUMNS."""
-    return starts_with_row(path, TABLE_COLUMNS)
+    """Whether ``path`` is a table that genossm score wrote: its first line is TABLE_COLUMNS,
+    then a variant table's own columns, if any (table_header)."""
+    return starts_with_row(path, TABLE_COLUMNS, more=True)
+
+
+def table_header(extra_columns=()) -> str:
+    """The table's header row: TABLE_COLUMNS, then the input's other columns when it is a
+    variant table (variant_table.py)."""
+    return "\t".join((*TABLE_COLUMNS, *extra_columns)) + "\n"
 
 
 SCORED_VCF = OutputKind("a VCF scored by genossm", is_scored_vcf)
@@ -106,16 +113,19 @@ def annotated_line(record: Record) -> bytes:
 
 
 def table_rows(record: Record) -> Iterator[str]:
-    """One row per ALT (one ``no_alt`` row for a record without ALT), TABLE_COLUMNS."""
+    """One row per ALT (one ``no_alt`` row for a record without ALT): TABLE_COLUMNS, then a
+    variant table's other columns as they were."""
     def number(value):
         return "NA" if value is None else f"{value:.7g}"
 
     head = [record.chrom, str(record.pos), record.id, record.ref]
     if not record.alts:
-        yield "\t".join([*head, ".", str(record.number), "NA", "NA", "NA", "NA", "no_alt"])
+        yield "\t".join([*head, ".", str(record.number), "NA", "NA", "NA", "NA", "no_alt",
+                         *record.extra])
     for i, alt in enumerate(record.alts):
         yield "\t".join([*head, alt, str(record.number), str(i + 1), number(record.llr[i]),
-                         number(record.cos[i]), number(record.l2[i]), record.status[i]])
+                         number(record.cos[i]), number(record.l2[i]), record.status[i],
+                         *record.extra])
 
 
 def score_header_lines(model_dir: Path, config, *, window: int, prefix_reuse: bool,

@@ -66,6 +66,7 @@ from genossm.score.output import (
     format_summary,
     vcf_header,
 )
+from genossm.score.variant_table import open_variants
 from genossm.score.variants import READ_BY_MODEL, VariantSource, quiet_htslib
 
 PART_HEADER = b"##genossm_part="
@@ -115,7 +116,15 @@ def split_calls(vcf, parts_dir, *, parts: int, force: bool = False) -> dict:
     if (parts_dir.exists() or parts_dir.is_symlink()) and not parts_dir.is_dir():
         raise InputError(parts_dir, "exists and is not a directory: give the directory to "
                                     "write the parts in")
-    source = VariantSource(vcf)
+    with open_variants(vcf) as source:
+        if not isinstance(source, VariantSource):
+            raise InputError(vcf, "is a variant table; split-calls splits a VCF/BCF (score a "
+                                  "table in one job, or split its rows with split(1))")
+        return _split(source, vcf, paths, parts)
+
+
+def _split(source: VariantSource, vcf: Path, paths: list[Path], parts: int) -> dict:
+    """split_calls once the call set is open."""
     if any(line.startswith(PART_HEADER) for line in source.header_lines):
         raise InputError(vcf, "is already a part of a split call set (its header has a "
                               "##genossm_part line); split the original call set")

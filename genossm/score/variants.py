@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +51,7 @@ class Record:
     l2: list[float | None] = field(default_factory=list)    # per ALT
     left_flank: np.ndarray | None = None    # codes around REF, set when an ALT is to be scored
     right_flank: np.ndarray | None = None
+    extra: tuple[str, ...] = ()             # a variant table's other columns (variant_table.py)
 
     def alts_to_score(self) -> list[int]:
         """Indices (into ``alts``) of the ALT alleles whose haplotypes the model reads."""
@@ -143,6 +144,13 @@ class ContigResolver:
 # --------------------------------------------------------------------------- the VCF/BCF
 
 
+def open_text(path: Path):
+    """The file's bytes, gunzipped when it is gzip (plain or BGZF) compressed."""
+    with open(path, "rb") as fh:
+        compressed = fh.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if compressed else open(path, "rb")
+
+
 @contextmanager
 def quiet_htslib():
     """htslib warns on stderr about VCFs without ##contig lines (and tabix about POS 0
@@ -154,16 +162,16 @@ def quiet_htslib():
         pysam.set_verbosity(previous)
 
 
-def _open_variants(path: Path) -> pysam.VariantFile:
+def _open_variants(path: Path, shown: Path) -> pysam.VariantFile:
     """The VCF/BCF opened as a stream: htslib reads plain, gzip and BGZF compressed files
     alike that way (opened by name, a plain-gzip VCF fails on the offset pysam asks for)."""
     if not path.is_file():
-        raise InputError(path, "no such file")
+        raise InputError(shown, "no such file")
     try:
         with open(path, "rb") as fh:
             return pysam.VariantFile(fh)   # htslib reads a copy of the descriptor
     except (OSError, ValueError) as e:
-        raise InputError(path, f"not a readable VCF or BCF ({e})") from None
+        raise InputError(shown, f"not a readable VCF or BCF ({e})") from None
 
 
 class _Site(NamedTuple):
@@ -204,14 +212,41 @@ def _malformed(line: bytes | None) -> str | None:
     return None
 
 
+def check_order(path, sites: Iterable[tuple[int, str, int]], place) -> int:
+    """Check that (number, chrom, pos) of every record come in the order tabix needs (each
+    contig in one block, positions not decreasing); ``place(number)`` says where a record is.
+    Returns the number of records."""
+    seen: set[str] = set()
+    chrom, pos, number = None, 0, 0
+    for number, here, at in sites:
+        if here != chrom:
+            if here in seen:
+                raise InputError(path, f"not sorted: contig {here} appears again after "
+                                       f"{chrom}; sort it (bcftools sort, or sort -k1,1 "
+                                       "-k2,2n for a table)", place=place(number))
+            seen.add(here)
+            chrom, pos = here, 0
+        elif at < pos:
+            raise InputError(path, f"not sorted: {chrom}:{at} comes after {chrom}:{pos}; sort "
+                                   "it (bcftools sort, or sort -k1,1 -k2,2n for a table)",
+                             place=place(number))
+        pos = at
+    return number
+
+
 class VariantSource:
     """The VCF/BCF's header text and its records, each paired with its text line: the input's
-    own bytes for VCF (plain or compressed), htslib's rendering for BCF."""
+    own bytes for VCF (plain or compressed), htslib's rendering for BCF. ``path`` is read
+    (twice: variant_table.open_variants makes a stream a file first); ``shown`` names it in
+    messages (default: ``path``)."""
 
-    def __init__(self, path):
-        self.path = Path(path)
+    extra_columns: tuple[str, ...] = ()   # a VCF's records have no columns beyond the table's
+
+    def __init__(self, path, shown=None):
+        self.file = Path(path)
+        self.path = Path(shown if shown is not None else path)
         with quiet_htslib():
-            vf = _open_variants(self.path)
+            vf = _open_variants(self.file, self.path)
         try:
             self.is_bcf = vf.format == "BCF"
             if self.is_bcf:
@@ -236,9 +271,7 @@ class VariantSource:
                                         "original VCF")
 
     def _text(self):
-        with open(self.path, "rb") as fh:
-            compressed = fh.read(2) == b"\x1f\x8b"
-        return gzip.open(self.path, "rb") if compressed else open(self.path, "rb")
+        return open_text(self.file)
 
     def _place(self, number: int) -> str:
         if self.is_bcf:
@@ -251,7 +284,7 @@ class VariantSource:
         is an InputError naming its place."""
         lines = iter(()) if self.is_bcf else self._text_body()
         with quiet_htslib():
-            vf = _open_variants(self.path)
+            vf = _open_variants(self.file, self.path)
             try:
                 records = iter(vf)
                 for number in itertools.count(1):
@@ -278,24 +311,9 @@ class VariantSource:
                 vf.close()
 
     def check(self) -> int:
-        """Parse every record and check the order tabix needs (each contig in one block,
-        positions not decreasing); returns the number of records."""
-        seen: set[str] = set()
-        chrom, pos, number = None, 0, 0
-        for number, record, _ in self._records():
-            if record.chrom != chrom:
-                if record.chrom in seen:
-                    raise InputError(self.path, f"not sorted: contig {record.chrom} appears "
-                                                f"again after {chrom}; sort it (bcftools sort)",
-                                     place=self._place(number))
-                seen.add(record.chrom)
-                chrom, pos = record.chrom, 0
-            elif record.pos < pos:
-                raise InputError(self.path, f"not sorted: {chrom}:{record.pos} comes after "
-                                            f"{chrom}:{pos}; sort it (bcftools sort)",
-                                 place=self._place(number))
-            pos = record.pos
-        return number
+        """Parse every record and check their order (check_order); returns their number."""
+        return check_order(self.path, ((n, site.chrom, site.pos)
+                                       for n, site, _ in self._records()), self._place)
 
     def __iter__(self) -> Iterator[Record]:
         for number, site, line in self._records():
