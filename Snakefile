@@ -1,4 +1,5 @@
-# genossm workflow: FASTA/BAM -> token stores -> models -> evaluation, scored VCFs, embeddings.
+# genossm workflow: FASTA/BAM -> token stores -> models -> evaluation, scored VCFs (benchmarked
+# against their labels, where a call set has some), embeddings.
 # Every rule calls one `genossm` subcommand; the logic lives in the package.
 
 from snakemake.utils import min_version
@@ -14,6 +15,7 @@ include: "workflow/rules/tokenize.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/score.smk"
+include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/embed.smk"
 
 
@@ -22,5 +24,6 @@ rule all:
         token_stores(),
         evaluations(),
         scored_callsets(),
+        benchmarked_callsets(),
         embeddings(),
     default_target: True

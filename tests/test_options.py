@@ -25,7 +25,7 @@ from genossm import cli
 from helpers import ROOT
 
 BIN = Path(sys.executable).parent
-STEPS = ("tokenize", "train", "evaluate", "score", "embed")
+STEPS = ("tokenize", "train", "evaluate", "score", "embed", "benchmark")
 MODEL_STEPS = ("train", "evaluate", "score", "embed")
 
 
@@ -86,6 +86,7 @@ MINIMAL = {
     "evaluate": ["evaluate", "model", "in.zarr", "-o", "metrics.json"],
     "score": ["score", "in.vcf", "--fasta", "ref.fa", "--model", "model", "-o", "out.vcf.gz"],
     "embed": ["embed", "--model", "model", "--fasta", "ref.fa", "-o", "out.zarr"],
+    "benchmark": ["benchmark", "scored.vcf.gz", "-o", "metrics.json", "--label-info", "AF"],
 }
 
 
@@ -125,6 +126,7 @@ EDITED = {
     "embed": {"per_base": True, "layer": 1, "rc_average": False, "chunk_length": 4096,
               "max_length": 8192, "device": "cpu", "threads": 7, "gpus": 0, "mem_mb": 1000,
               "runtime": 5},
+    "benchmark": {"bootstrap": 0, "seed": 7, "mem_mb": 1000, "runtime": 5},
 }
 
 
@@ -163,7 +165,7 @@ def workflow_run(request, tmp_path_factory):
 def test_the_workflow_turns_each_section_into_flags_that_parse(workflow_run, step):
     config, by_step = workflow_run
     for argv in by_step[step]:
-        check_flags(step, config[step], argv, threads=config[step]["threads"])
+        check_flags(step, config[step], argv, threads=config[step].get("threads"))
 
 
 @pytest.mark.parametrize("step", ("tokenize", *MODEL_STEPS))
@@ -177,6 +179,12 @@ def test_sheet_values_are_added_to_the_flags(workflow_run):
     _, by_step = workflow_run
     reads = [a for a in by_step["tokenize"] if "results/tokens/hg00100_reads.zarr" in a]
     assert reads and reads[0][reads[0].index("--region") + 1] == "17:1-4200"
+    # the label source of the one labelled call set, tabix_16
+    (labelled,) = by_step["benchmark"]
+    assert labelled[1] == "results/score/chr20/small/tabix_16.vcf.gz"
+    ns = vars(cli.build_parser().parse_args(labelled))
+    assert ns["label_info"] == "AF" and ns["positive"] == "<0.05"
+    assert not {"labels", "label_column", "negative", "group_by"} & set(ns)
 
 
 def test_a_config_key_that_is_no_flag_stops_the_workflow(tmp_path):
@@ -200,7 +208,8 @@ def test_the_parser_has_no_defaults_of_its_own(step):
     given = {"tokenize": {"inputs", "output"}, "train": {"stores", "output"},
              "evaluate": {"model_dir", "store", "output"},
              "score": {"vcf", "fasta", "model_dir", "output"},
-             "embed": {"model_dir", "fasta", "output"}}[step]
+             "embed": {"model_dir", "fasta", "output"},
+             "benchmark": {"scored", "output", "label_info"}}[step]
     assert set(ns) - {"command", "func", "debug"} == given
 
 
@@ -230,6 +239,9 @@ def stage_defaults(step: str) -> dict:
     if step == "score":
         from genossm.score import score_vcf
         return sig(score_vcf)
+    if step == "benchmark":
+        from genossm.benchmark import benchmark
+        return sig(benchmark)
     from genossm.embed import embed
     return sig(embed)
 
@@ -322,6 +334,8 @@ def fake_modules() -> dict[str, object]:
         "genossm.score": module(score_vcf=Recorder({}), format_summary=lambda s: "summary"),
         "genossm.embed": module(embed=Recorder({"regions": 1, "bases": 1, "width": 1,
                                                 "output": "o"})),
+        "genossm.benchmark": module(benchmark=Recorder({}),
+                                    format_summary=lambda metrics, output: "summary"),
     }
 
 
@@ -339,9 +353,14 @@ EVERY_OPTION = {
               "--no-prefix-reuse", "-q"],
     "embed": ["--bed", "r.bed", "--per-base", "--layer", "1", "--rc-average", "--chunk-length",
               "64", "--max-length", "128", "--device", "cpu", "--threads", "2", "--force", "-q"],
+    # with MINIMAL's --label-info: every option but --label-column and --labels, its exclusive
+    # alternative
+    "benchmark": ["--table", "t.tsv", "--plots", "p", "--positive", "<0.05", "--negative",
+                  ">=0.05", "--group-by", "SRC", "--bootstrap", "10", "--seed", "3", "--force",
+                  "-q"],
 }
 STAGE_FUNCTION = {"tokenize": "tokenize", "train": "train", "evaluate": "evaluate",
-                  "score": "score_vcf", "embed": "embed"}
+                  "score": "score_vcf", "embed": "embed", "benchmark": "benchmark"}
 
 
 def run_with_fakes(monkeypatch, argv):
@@ -357,7 +376,7 @@ def test_an_option_not_given_is_not_passed(step, monkeypatch):
     fakes = run_with_fakes(monkeypatch, MINIMAL[step])
     (args, kwargs), = getattr(fakes[f"genossm.{step}"], STAGE_FUNCTION[step]).calls
     passed = set(kwargs) - {"read_filter"}       # tokenize: ReadFilter() with its defaults
-    assert passed <= {"fasta", "model_dir", "output"}, passed
+    assert passed <= {"fasta", "model_dir", "output", "label_info"}, passed
     if step == "tokenize":
         assert kwargs["read_filter"] == FakeReadFilter()
     if step == "train":
@@ -379,7 +398,7 @@ def test_every_option_given_reaches_the_stage_function(step, monkeypatch):
                                                        min_length=7, region="1:1-10")
         inspect.signature(real.ReadFilter).bind(**dataclasses.asdict(kwargs["read_filter"]))
         assert kwargs["threads"] == 3 and kwargs["chunk_size"] == 4096
-    else:
+    elif step in MODEL_STEPS:
         assert fakes["genossm.runtime"].set_threads.calls == [((2,), {})]
     if step == "train":
         (cfg_args, cfg_kwargs), = fakes["genossm.train"].load_train_config.calls
@@ -392,6 +411,11 @@ def test_every_option_given_reaches_the_stage_function(step, monkeypatch):
         assert kwargs["window"] == 64 and kwargs["prefix_reuse"] is False
     if step == "embed":
         assert kwargs["rc_average"] is True and kwargs["per_base"] is True
+    if step == "benchmark":
+        assert args == (Path("scored.vcf.gz"), Path("metrics.json"))
+        assert kwargs == {"label_info": "AF", "table": Path("t.tsv"), "plots_dir": Path("p"),
+                          "positive": "<0.05", "negative": ">=0.05", "group_by": "SRC",
+                          "bootstrap": 10, "seed": 3, "force": True, "progress": False}
 
 
 def test_every_subcommand_prints_its_help(capsys):

@@ -36,6 +36,29 @@ def workdir(tmp_path):
     return tmp_path
 
 
+def label_callset_by_tsv(workdir: Path, callset="tabix_5") -> Path:
+    """Give `callset` (unlabelled in the shipped sheet) a labels TSV of its own, written here:
+    chrom, pos, ref, alt per ALT allele with the homopolymer run length of its record (INFO HP)
+    and whether it inserts or deletes bases; positive: a run of 5 or more."""
+    vcf = ROOT / f"config/data/{callset}.chr20_1-2000000.vcf"
+    rows = ["chrom\tpos\tref\talt\thomopolymer\tkind"]
+    with pysam.VariantFile(str(vcf)) as calls:
+        for record in calls:
+            for alt in record.alts:
+                kind = "insertion" if len(alt) > len(record.ref) else "deletion"
+                rows.append(f"{record.chrom}\t{record.pos}\t{record.ref}\t{alt}\t"
+                            f"{record.info['HP']}\t{kind}")
+    labels = workdir / f"config/{callset}_labels.tsv"
+    labels.write_text("\n".join(rows) + "\n")
+    sheet = workdir / "config/callsets.tsv"
+    row = f"{callset}\tchr20\tconfig/data/{callset}.chr20_1-2000000.vcf\t"
+    assert row + "\t" * 6 + "\n" in sheet.read_text()
+    sheet.write_text(sheet.read_text().replace(
+        row + "\t" * 6 + "\n",
+        row + f"\t\tconfig/{callset}_labels.tsv\thomopolymer\t>=5\t\tkind\n"))
+    return labels
+
+
 def test_lint_is_clean():
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=ROOT, capture_output=True,
@@ -71,6 +94,41 @@ def test_dry_run_lists_every_sample(workdir):
         assert f"results/tokens/{name}.zarr" in out
 
 
+def test_benchmark_jobs_for_labelled_callsets_only(workdir):
+    """A call set with a label source (tabix_16: INFO AF in the shipped sheet; tabix_5: a labels
+    TSV here) is benchmarked for every model that scores it; tabix_4, without, is not."""
+    label_callset_by_tsv(workdir)
+    config = workdir / "config/config.yaml"
+    config.write_text(config.read_text().replace(
+        "  small: config/models/small.yaml", "  small: config/models/small.yaml\n"
+        "  small_b: config/models/small.yaml"))
+    proc = snakemake(workdir, "-n", "-p", "--cores", "2")
+    out = proc.stdout + proc.stderr
+    assert job_counts(out)["benchmark"] == 4
+    commands = [line.removeprefix("Shell command: ") for line in out.splitlines()
+                if line.startswith("Shell command: genossm benchmark ")]
+    assert len(commands) == 4
+    for model in ("small", "small_b"):
+        assert (f"genossm benchmark results/score/chr20/{model}/tabix_16.vcf.gz -o "
+                f"results/benchmark/chr20/{model}/tabix_16.json --table "
+                f"results/benchmark/chr20/{model}/tabix_16.tsv --quiet --bootstrap 1000 "
+                "--label-info AF --positive '<0.05' > "
+                f"logs/benchmark/chr20/{model}/tabix_16.log 2>&1") in commands
+        assert (f"genossm benchmark results/score/chr20/{model}/tabix_5.vcf.gz -o "
+                f"results/benchmark/chr20/{model}/tabix_5.json --table "
+                f"results/benchmark/chr20/{model}/tabix_5.tsv --quiet --bootstrap 1000 "
+                "--labels config/tabix_5_labels.tsv --label-column homopolymer "
+                f"--positive '>=5' --group-by kind > logs/benchmark/chr20/{model}/tabix_5.log "
+                "2>&1") in commands
+    assert "config/tabix_5_labels.tsv" in proc.stdout                   # an input of the job
+    assert "results/benchmark/chr20/small/tabix_4" not in out
+    unlabelled = snakemake(workdir, "-n", "results/benchmark/chr20/small/tabix_4.json",
+                           check=False)
+    assert unlabelled.returncode != 0
+    assert "config/callsets.tsv: line 3 ('tabix_4'): this call set has no label source" in \
+        unlabelled.stdout + unlabelled.stderr
+
+
 def test_whole_dag_then_nothing_to_do_then_report(workdir, tmp_path):
     """The default DAG (tokenize -> train -> evaluate, score, embed) on the embedded example with
     training cut to a few steps and a short scoring window; a second run does nothing; the
@@ -79,6 +137,7 @@ def test_whole_dag_then_nothing_to_do_then_report(workdir, tmp_path):
     config.write_text(config.read_text().replace("max_steps: null", "max_steps: 6")
                       .replace("markov_max_order: 10", "markov_max_order: 4")
                       .replace("window: 4096", "window: 256"))
+    label_callset_by_tsv(workdir)
     snakemake(workdir, "--cores", "2")
     info = json.loads((workdir / "results/models/chr20/small/config.json").read_text())
     assert info["training"]["steps"] == 6
@@ -97,11 +156,32 @@ def test_whole_dag_then_nothing_to_do_then_report(workdir, tmp_path):
             records = list(zip(a, b, strict=True))       # every record, in order
         assert all((x.pos, x.ref, x.alts) == (y.pos, y.ref, y.alts) for x, y in records)
         assert Path(f"{out}.tbi").is_file()
+    # benchmarked: tabix_16 by its INFO AF (shipped), tabix_5 by a labels TSV; tabix_4 not
+    by_info = json.loads((workdir / "results/benchmark/chr20/small/tabix_16.json").read_text())
+    assert by_info["labels"]["source"] == \
+        "INFO AF of results/score/chr20/small/tabix_16.vcf.gz"
+    assert by_info["alleles"]["positive"] == 10 and by_info["alleles"]["negative"] == 11
+    assert by_info["bootstrap"]["resamples"] == 1000
+    assert by_info["overall"]["scores"]["llr"]["auroc"] is not None
+    by_tsv = json.loads((workdir / "results/benchmark/chr20/small/tabix_5.json").read_text())
+    assert by_tsv["labels"]["source"] == "column homopolymer of config/tabix_5_labels.tsv"
+    assert set(by_tsv["groups"]) == {"insertion", "deletion"}
+    assert by_tsv["alleles"]["unlabelled"] == 0
+    assert by_tsv["alleles"]["positive"] + by_tsv["alleles"]["negative"] == \
+        by_tsv["alleles"]["alt_alleles"]
+    for callset in ("tabix_16", "tabix_5"):
+        table = (workdir / f"results/benchmark/chr20/small/{callset}.tsv").read_text()
+        assert table.startswith("group\tscore\tn\t")
+        for plot in ("roc", "pr", "by_label"):
+            png = workdir / f"results/benchmark/chr20/small/{callset}.{plot}.png"
+            assert png.read_bytes()[:4] == b"\x89PNG"
+    assert not list((workdir / "results/benchmark/chr20/small").glob("tabix_4*"))
     emb = zarr.open_group(workdir / "results/embed/chr20/small/chr20_tiles.zarr", mode="r")
     assert emb["pooled"].shape == (10, 64)
     assert list(emb["regions/start"][:]) == list(range(100_000, 2_000_000, 190_000))
     for rule, name in (("train", "chr20/small"), ("evaluate", "chr20/small"),
-                       ("score", "chr20/small/tabix_5"), ("embed", "chr20/small/chr20_tiles")):
+                       ("score", "chr20/small/tabix_5"), ("embed", "chr20/small/chr20_tiles"),
+                       ("benchmark", "chr20/small/tabix_16")):
         assert (workdir / f"logs/{rule}/{name}.log").read_text().strip().splitlines()[-1] \
             .startswith(f"genossm {rule}:")
         assert (workdir / f"results/benchmarks/{rule}/{name}.tsv").is_file()
@@ -111,7 +191,9 @@ def test_whole_dag_then_nothing_to_do_then_report(workdir, tmp_path):
 
     snakemake(workdir, "--report", "report.html")
     html = (workdir / "report.html").read_text()
-    for name in ("training_curves.png", "bits_by_position.png", "metrics.json", "tabix_5.png"):
+    for name in ("training_curves.png", "bits_by_position.png", "metrics.json", "tabix_5.png",
+                 "tabix_16.roc.png", "tabix_16.pr.png", "tabix_16.by_label.png",
+                 "tabix_5.roc.png", "INFO AF; positive: &lt;0.05"):
         assert name in html
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "the report test needs Debian's chromium package (make test installs it)"
@@ -123,7 +205,8 @@ def test_whole_dag_then_nothing_to_do_then_report(workdir, tmp_path):
     dom = subprocess.run([chromium, *flags, "--virtual-time-budget=5000", "--dump-dom",
                           (workdir / "report.html").as_uri()],
                          capture_output=True, text=True, timeout=120, check=True).stdout
-    assert "Evaluation" in dom and "Variant scores" in dom     # the categories, drawn by JS
+    for category in ("Evaluation", "Variant scores", "Benchmark"):     # drawn by JS
+        assert category in dom
     from PIL import Image
 
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
@@ -186,7 +269,25 @@ def test_slurm_profile_dry_run(workdir):
      "config/callsets.tsv: line 4 ('tabix_5'): genome: unknown genome(s) ['hg38']"),
     (("config/region_sets.tsv", "\tconfig/regions/chr20_tiles.bed", "\t"),
      "config/region_sets.tsv: line 3 ('chr20_tiles')"),
-    (("config/callsets.tsv", "\t\ntabix_5", "\tchr\ntabix_5"), "'chr' is not one of"),
+    (("config/callsets.tsv", "tabix_4.chr20_1-2000000.vcf\t", "tabix_4.chr20_1-2000000.vcf\tchr"),
+     "'chr' is not one of"),
+    (("config/callsets.tsv", "\tAF\t\t\t<0.05", "\tAF\tl.tsv\tclass\t<0.05"),
+     "line 11 ('tabix_16'): label_info and label_column: give one label source, not both"),
+    (("config/callsets.tsv", "\tAF\t\t\t<0.05", "\t\t\tclass\t<0.05"),
+     "line 11 ('tabix_16'): label_column: give labels too"),
+    (("config/callsets.tsv", "\tAF\t\t\t<0.05", "\t\tl.tsv\t\t<0.05"),
+     "line 11 ('tabix_16'): labels: give label_column too"),
+    (("config/callsets.tsv", "\tAF\t\t\t<0.05", "\t\tl.tsv\tclass\t"),
+     "line 11 ('tabix_16'): positive: which values of label_column count as positive"),
+    (("config/callsets.tsv", "\tAF\t\t\t<0.05\t\t", "\t\t\t\t<0.05\t\tkind"),
+     "line 11 ('tabix_16'): positive, group_by: no label source"),
+    (("config/callsets.tsv", "\tAF\t", "\tA F\t"), "'A F' does not match"),
+    (("config/config.yaml", "  bootstrap: 1000", "  positive: '<0.05'"),
+     "config: benchmark: positive: the label source is set per call set"),
+    (("config/config.yaml", "  bootstrap: 1000", "  threads: 4"),
+     "config: benchmark: threads: `genossm benchmark` runs on one thread without a GPU"),
+    (("config/config.yaml", "  bootstrap: 1000", "  bootstrap: -1"),
+     "-1 is less than the minimum of 0"),
     (("config/config.yaml", "window: 4096", "window: 1"), "1 is less than the minimum"),
     (("config/config.yaml", "device: auto", "device: tpu"), "'tpu' is not one of"),
     (("config/config.yaml", "samples: config/samples.tsv", "sample: x"), "samples"),

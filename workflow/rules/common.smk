@@ -14,9 +14,11 @@ validate(config, "../schemas/config.schema.yaml")
 # Each step's section of config.yaml holds options of its `genossm` command (their defaults live
 # in the command: `genossm <step> --help`) and these settings of the rule itself (and parts,
 # the number of score jobs a call set is scattered over, see score.smk). Every rule that runs a
-# model, and tokenize, passes `--threads {threads}`.
+# model, and tokenize, passes `--threads {threads}`; benchmark runs on one thread, no GPU.
 RULE_SETTINGS = ("threads", "mem_mb", "runtime", "gpus", "parts")
-STEPS = ("tokenize", "train", "evaluate", "score", "embed")
+STEPS = ("tokenize", "train", "evaluate", "score", "embed", "benchmark")
+# The call-set sheet's columns that are flags of `genossm benchmark`: its label source.
+LABEL_COLUMNS = ("label_info", "labels", "label_column", "positive", "negative", "group_by")
 
 
 def _flag(key):
@@ -61,7 +63,20 @@ def _check_step_options():
                                  f"{value!r}")
 
 
+def _check_benchmark_section():
+    """The benchmark section holds neither a label source (a call set's, in the sheet) nor
+    threads or GPUs (the command runs on one thread)."""
+    for key in config["benchmark"]:
+        if key in LABEL_COLUMNS:
+            raise ValueError(f"config: benchmark: {key}: the label source is set per call set, "
+                             "in its columns of the call-set sheet")
+        if key in ("threads", "gpus", "parts"):
+            raise ValueError(f"config: benchmark: {key}: `genossm benchmark` runs on one thread "
+                             "without a GPU; mem_mb and runtime are the settings of its job")
+
+
 _check_step_options()
+_check_benchmark_section()
 
 
 def load_sheet(path, schema, what):
@@ -111,6 +126,32 @@ _check_refs(CALLSETS, "genome", GENOMES, "genome(s)")
 _check_refs(REGION_SETS, "genome", GENOMES, "genome(s)")
 
 
+def _check_label_sources(callsets):
+    """Each call set's label columns make one label source that the benchmark job can read
+    (the scored VCF's INFO, or a labels TSV), or are all empty. What the labels hold is
+    `genossm benchmark`'s to check."""
+    for row in callsets.values():
+        given = [c for c in LABEL_COLUMNS if row.get(c)]
+        problem = None
+        if row.get("label_info") and row.get("label_column"):
+            problem = "label_info and label_column: give one label source, not both"
+        elif row.get("labels") and not row.get("label_column"):
+            problem = "labels: give label_column too, the TSV's column of labels"
+        elif row.get("label_column") and not row.get("labels"):
+            problem = ("label_column: give labels too, the TSV that holds it (the benchmark "
+                       "reads the scored VCF, whose INFO keys go in label_info)")
+        elif row.get("label_column") and not row.get("positive"):
+            problem = "positive: which values of label_column count as positive"
+        elif given and not (row.get("label_info") or row.get("label_column")):
+            problem = (f"{', '.join(given)}: no label source; give label_info (an INFO key) or "
+                       "labels and label_column (a TSV and its column)")
+        if problem:
+            raise ValueError(f"{row['where']}: {problem}")
+
+
+_check_label_sources(CALLSETS)
+
+
 wildcard_constraints:
     name="|".join(SAMPLES),
     genome="|".join(GENOMES),
@@ -132,6 +173,13 @@ def evaluations():
 def scored_callsets():
     return [f"results/score/{row['genome']}/{model}/{name}.vcf.gz"
             for name, row in CALLSETS.items() for model in MODELS]
+
+
+def benchmarked_callsets():
+    """The METRICS.json of `genossm benchmark` of each call set with a label source, per
+    model."""
+    return [f"results/benchmark/{row['genome']}/{model}/{name}.json"
+            for name, row in CALLSETS.items() if has_labels(row) for model in MODELS]
 
 
 def embeddings():
@@ -211,3 +259,37 @@ def region_set_bed(wildcards):
 
 def score_flags(wildcards):
     return command_flags("score", rename_chroms=CALLSETS[wildcards.callset].get("rename_chroms"))
+
+
+# --- benchmark -------------------------------------------------------------------------------
+def has_labels(row):
+    return bool(row.get("label_info") or row.get("label_column"))
+
+
+def _labelled_callset(wildcards):
+    row = CALLSETS[wildcards.callset]
+    if not has_labels(row):
+        raise ValueError(f"{row['where']}: this call set has no label source to benchmark "
+                         f"against ({', '.join(LABEL_COLUMNS)})")
+    return row
+
+
+def callset_labels(wildcards):
+    """The labels TSV of the call set, when its labels come from one."""
+    labels = _labelled_callset(wildcards).get("labels")
+    return [labels] if labels else []
+
+
+def benchmark_flags(wildcards):
+    row = _labelled_callset(wildcards)
+    return command_flags("benchmark", **{c: row.get(c) for c in LABEL_COLUMNS})
+
+
+def label_description(wildcards):
+    """The label source in words, for the report's captions."""
+    row = _labelled_callset(wildcards)
+    source = (f"INFO {row['label_info']}" if row.get("label_info") else
+              f"column {row['label_column']} of {row['labels']}")
+    positive = row.get("positive") or "present (a Flag)"
+    negative = row.get("negative") or "every other label"
+    return f"{source}; positive: {positive}; negative: {negative}"
