@@ -111,6 +111,8 @@ def _cmd_tokenize(args) -> int:
         extra += "; reads filtered out: " + ", ".join(f"{k} {v:,}" for k, v in dropped.items())
     if s["empty_records"]:
         extra += f"; {s['empty_records']} empty FASTA record(s) skipped (see warnings)"
+    if s.get("features_bed"):
+        extra += f"; {s['features']:,} feature parts -> {s['features_bed']}"
     parts = []
     if s["contigs"] or not s["reads"]:
         parts.append(f"{s['contigs']:,} contigs with {s['bases']:,} bases ({s['n_count']:,} N, "
@@ -243,13 +245,14 @@ def _add_quiet(p: argparse.ArgumentParser) -> None:
 
 def _add_tokenize(sub) -> None:
 
-    p = _stage_parser(sub, "tokenize", help="FASTA/SAM/BAM/CRAM -> token store (.zarr)",
-                      description="Encode sequences into a Zarr v3 token store. FASTA "
-                                  "records become contigs; SAM/BAM/CRAM reads go into the "
-                                  "reads group.")
+    p = _stage_parser(sub, "tokenize", help="FASTA/GenBank/EMBL/2bit/SAM/BAM/CRAM -> token "
+                                            "store (.zarr)",
+                      description="Encode sequences into a Zarr v3 token store. FASTA, "
+                                  "GenBank, EMBL and 2bit records become contigs; FASTQ and "
+                                  "SAM/BAM/CRAM reads go into the reads group.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
-                   help="FASTA (plain, gzip, BGZF), SAM, BAM or CRAM; format sniffed "
-                        "from the content")
+                   help="FASTA, GenBank or EMBL (plain, gzip, BGZF), 2bit, FASTQ, SAM, BAM or "
+                        "CRAM; format sniffed from the content")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="STORE.zarr")
     p.add_argument("--threads", type=_positive_int,
                    help="threads for decompression and compression")
@@ -263,6 +266,12 @@ def _add_tokenize(sub) -> None:
                         "(UNMAP,SECONDARY,QCFAIL,DUP,SUPPLEMENTARY, ...)")
     p.add_argument("--min-mapq", type=int, help="drop reads below this MAPQ")
     p.add_argument("--min-length", type=int, help="drop reads shorter than this")
+    p.add_argument("--features", metavar="TYPES",
+                   help="write these GenBank/EMBL feature types (comma-separated, e.g. "
+                        "CDS,gene) as a BED, one line per location part")
+    p.add_argument("--features-bed", type=Path, metavar="BED",
+                   help="where --features writes (not given: STORE.features.bed beside the "
+                        "store)")
     _add_quiet(p)
     p.set_defaults(func=_cmd_tokenize)
 
@@ -287,6 +296,10 @@ def _add_train(sub) -> None:
     _add_runtime_options(p)
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in MODEL_DIR exactly")
+    p.add_argument("--context-parallel", type=_positive_int, metavar="R",
+                   help="under torchrun: split each window across R processes (consecutive "
+                        "ranks), each holding a contiguous shard; the scan's state crosses "
+                        "the shards exactly, so long windows take 1/R of the memory per rank")
     _add_force(p)
     _add_quiet(p)
     p.set_defaults(func=_cmd_train)
@@ -329,14 +342,19 @@ def _add_score(sub) -> None:
                                   "log-likelihood ratio (causal models) or masked-LM log-ratio "
                                   "(masked models) in nats, and embedding distances, averaged "
                                   "over both strands. Writes a bgzipped, tabix-indexed VCF "
-                                  "with GENOSSM_* INFO fields and a table.")
-    p.add_argument("vcf", type=Path, metavar="VCF", help="VCF (plain or bgzipped) or BCF")
+                                  "with GENOSSM_* INFO fields and a table; a variant table "
+                                  "(TSV: chrom, pos, ref, alt, other columns kept) is scored "
+                                  "into a table (-o OUT.tsv).")
+    p.add_argument("vcf", type=Path, metavar="VCF",
+                   help="VCF (plain, gzip or bgzip) or BCF, or a variant table (TSV); - reads "
+                        "standard input")
     p.add_argument("--fasta", required=True, type=Path, metavar="FA",
                    help="reference FASTA, plain or bgzipped, faidx-indexed")
     p.add_argument("--model", dest="model_dir", required=True, type=Path, metavar="MODEL_DIR",
                    help="a genossm model directory, or a checkpoint directory that genossm "
                         "convert reads (converted in memory)")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.vcf.gz")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.vcf.gz",
+                   help="the scored VCF, or for a variant table the scored table (OUT.tsv)")
     p.add_argument("--table", type=Path, metavar="OUT.tsv",
                    help="one row per (record, alt allele) (not given: OUT.tsv beside "
                         "OUT.vcf.gz)")

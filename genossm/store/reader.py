@@ -42,6 +42,7 @@ class ContigInfo:
     softmasked: int
     iupac_count: int
     md5: str
+    topology: str | None = None   # 'circular' or 'linear' where the input said (GenBank/EMBL)
 
 
 class TokenStore:
@@ -177,7 +178,7 @@ class TokenStore:
                 self._contigs[name] = ContigInfo(
                     name=name, key=key, length=int(a["length"]), n_count=int(a["n_count"]),
                     softmasked=int(a["softmasked"]), iupac_count=int(a["iupac_count"]),
-                    md5=str(a["md5"]))
+                    md5=str(a["md5"]), topology=a.get("topology"))
         return self._contigs[name]
 
     @property

@@ -46,14 +46,14 @@ def _is_gzip(path: Path) -> bool:
         return fh.read(2) == GZIP_MAGIC
 
 
-def _gzip_head(path: Path) -> bytes:
-    """The first 4 bytes of a gzip file's content. Only what they need is decoded: damage
-    further on is for the format's reader to find, and to report with its place."""
+def _gzip_head(path: Path, size: int = 4) -> bytes:
+    """The first ``size`` bytes of a gzip file's content. Only what they need is decoded:
+    damage further on is for the format's reader to find, and to report with its place."""
     with open(path, "rb") as raw:
-        head = zlib.decompressobj(31).decompress(raw.read(1 << 16), 4)
-        if len(head) < 4:   # a short first member, or a short file
+        head = zlib.decompressobj(31).decompress(raw.read(1 << 16), size)
+        if len(head) < size:   # a short first member, or a short file
             raw.seek(0)
-            head = _open_decompressed(raw).read(4)
+            head = _open_decompressed(raw).read(size)
     return head
 
 

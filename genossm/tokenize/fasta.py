@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from genossm import alphabet
 from genossm.errors import InputError
+from genossm.seqformats import sequence_file_format
 from genossm.store import StoreWriter
 from genossm.tokenize import compressed
 from genossm.tokenize.compressed import (
@@ -43,34 +44,38 @@ _NEWLINES = b"\r\n"
 
 
 SAM_HEADER_TAGS = (b"@HD\t", b"@SQ\t", b"@RG\t", b"@PG\t", b"@CO\t")
+_HEAD_SIZE = 8   # enough for every signature sniffed
 
 
 def sniff_format(path: Path) -> str:
-    """'fasta', 'fastq', 'sam', 'bam' or 'cram', from the file's first bytes (not its name)."""
+    """'fasta', 'fastq', 'sam', 'bam', 'cram', 'genbank', 'embl' or 'twobit', from the file's
+    first bytes (not its name)."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(4)
+            head = fh.read(_HEAD_SIZE)
     except OSError as e:
         raise InputError(path, f"cannot read ({e.strerror})") from None
     if not head:
         raise InputError(path, "empty file")
-    if head == b"CRAM":
+    if head[:4] == b"CRAM":
         return "cram"
     if head[:2] == GZIP_MAGIC:
         try:
-            head = _gzip_head(path)
+            head = _gzip_head(path, _HEAD_SIZE)
         except _DECOMPRESS_ERRORS as e:
             raise decompress_error(path, e) from None
-        if head == b"BAM\x01":
+        if head[:4] == b"BAM\x01":
             return "bam"
         if not head:
             raise InputError(path, "empty file (gzip holds no data)")
-    if head in SAM_HEADER_TAGS:
+    other = sequence_file_format(head)
+    if other is not None:
+        return other
+    if head[:4] in SAM_HEADER_TAGS:
         return "sam"
     if head[:1] == b"@":
         return "fastq"
     return "fasta"
-
 
 
 # --------------------------------------------------------------------------- FASTA
