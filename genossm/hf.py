@@ -41,7 +41,8 @@ initialisation setting): with it true, Transformers 5.24 rescales the *loaded* o
 (``_init_weights`` divides them in place by sqrt(num_hidden_layers)); read_hf ignores it.
 
 What Transformers cannot represent is refused with an ``InputError`` naming the model directory
-and the config field: a model that is not causal (bidirectional, rc_equivariant) or not a
+and the config field: a mixer Transformers has no model for (s4d), sliding-window attention
+blocks (attention_every), a model that is not causal (bidirectional, rc_equivariant) or not a
 next-token model (objective "mlm"), a Mamba-2 model with more than one group (above), a dt
 limit (genossm's dt_limit_min > 0 or dt_limit_max): MambaMixer clamps no dt, and Mamba2Mixer
 clamps it in a whole-sequence pass but not in its one-token cached step (``generate`` would
@@ -146,6 +147,12 @@ def _refuse(model_dir, field: str, message: str):
 def hf_config(config: ModelConfig, model_dir=None, *, dtype=torch.float32) -> dict:
     """The Transformers config.json (a dict) that computes what ``config`` does; InputError
     naming ``model_dir`` and the field for what it cannot."""
+    if config.mixer not in ("mamba1", "mamba2"):
+        _refuse(model_dir, "mixer", f"mixer {config.mixer!r}: Transformers has Mamba-1 "
+                                    "(MambaForCausalLM) and Mamba-2 (Mamba2ForCausalLM) only")
+    if config.attention_every:
+        _refuse(model_dir, "attention_every", "sliding-window attention blocks (a hybrid): "
+                                              "Transformers' Mamba models have SSM blocks only")
     if config.bidirectional or config.rc_equivariant:
         field = "bidirectional" if config.bidirectional else "rc_equivariant"
         _refuse(model_dir, field, "not a causal model (MambaForCausalLM and Mamba2ForCausalLM "

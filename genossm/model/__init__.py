@@ -1,6 +1,7 @@
-"""The genome language model: config, Mamba-2-style or Mamba-1 blocks, LM, streaming state,
-and the model directory (``ModelDir``)."""
+"""The genome language model: config, Mamba-2-style, Mamba-1 or S4D blocks (and sliding-window
+attention blocks in a hybrid), LM, streaming state, and the model directory (``ModelDir``)."""
 
+from genossm.model.attention import AttentionMixer
 from genossm.model.config import ModelConfig
 from genossm.model.directory import Checkpoint, ModelDir, TrainingInfo, last_record
 from genossm.model.io import load_model, read_model_info, save_model
@@ -14,8 +15,10 @@ from genossm.model.lm import (
 )
 from genossm.model.mamba1 import Mamba1Mixer
 from genossm.model.mamba2 import Block, Mamba2Mixer, RMSNorm
+from genossm.model.s4d import S4DMixer
 
 __all__ = [
+    "AttentionMixer",
     "Block",
     "Checkpoint",
     "GenoSSM",
@@ -25,6 +28,7 @@ __all__ = [
     "ModelDir",
     "ModelState",
     "RMSNorm",
+    "S4DMixer",
     "StreamPiece",
     "TrainingInfo",
     "last_record",

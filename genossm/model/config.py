@@ -3,7 +3,13 @@
 Only scalars (int, float, bool, str, None) are stored, so ``config.json`` is plain JSON (no
 ``Infinity``, no tuples): an open dt limit is ``dt_limit_max = None``. A config written before
 a field existed loads with that field's default (``mixer = "mamba2"``,
-``bidirectional_sharing = "mixer"``, ``rc_strand_swap = False``: what models computed then).
+``bidirectional_sharing = "mixer"``, ``rc_strand_swap = False``, ``attention_every = 0``: what
+models computed then).
+
+The stack: ``n_layer`` pre-norm residual blocks, each with the mixer ``mixer`` ("mamba2",
+"mamba1" or "s4d"), except that with ``attention_every`` k > 0 every k-th block (blocks k-1,
+2k-1, ...; ``layer_mixer``) is a sliding-window attention block instead (genossm.model.attention):
+a hybrid such as Jamba's or Samba's, ``attention_every: 4`` giving "mmmA mmmA".
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 from genossm import alphabet
 
 OBJECTIVES = ("clm", "mlm")
-MIXERS = ("mamba1", "mamba2")
+MIXERS = ("mamba1", "mamba2", "s4d")
 DT_INITS = ("random", "constant")
 BIDIRECTIONAL_SHARING = ("mixer", "projections", "none")
 SCAN_BACKENDS = ("auto", "ref", "torch", "triton")
@@ -23,9 +29,18 @@ SCAN_BACKENDS = ("auto", "ref", "torch", "triton")
 
 @dataclass
 class ModelConfig:
-    # the mixer: "mamba2" (Mamba2Mixer, SSD heads) or "mamba1" (Mamba1Mixer, mamba_ssm's Mamba,
-    # usually with d_state 16); headdim and n_groups are Mamba-2's, dt_rank and dt_init Mamba-1's
+    # the mixer: "mamba2" (Mamba2Mixer, SSD heads), "mamba1" (Mamba1Mixer, mamba_ssm's Mamba,
+    # usually with d_state 16) or "s4d" (S4DMixer: Mamba-1's block around a linear
+    # time-invariant diagonal SSM, d_state/2 complex modes per channel, d_state even); headdim
+    # and n_groups are Mamba-2's, dt_rank and dt_init Mamba-1's
     mixer: str = "mamba2"
+    # sliding-window attention blocks in the stack (genossm.model.attention): every
+    # attention_every-th block (0: none) attends to the last attention_window positions (its
+    # own included; bidirectional models: attention_window - 1 either side) with
+    # attention_heads heads of d_model/attention_heads channels and rotary positions
+    attention_every: int = 0
+    attention_window: int = 1024
+    attention_heads: int = 4
     # sizes
     d_model: int = 256            # residual width (per strand when rc_equivariant)
     n_layer: int = 8
@@ -88,6 +103,12 @@ class ModelConfig:
         """Channels of xBC, the part of in_proj's output that goes through the conv."""
         return self.d_inner + 2 * self.n_groups * self.d_state
 
+    def layer_mixer(self, layer: int) -> str:
+        """The mixer of block ``layer`` (0-based): "attention" for every attention_every-th
+        block, ``mixer`` otherwise."""
+        every = self.attention_every
+        return "attention" if every and (layer + 1) % every == 0 else self.mixer
+
     @property
     def causal(self) -> bool:
         """True when the output at position t depends only on tokens <= t (streamable)."""
@@ -117,6 +138,28 @@ class ModelConfig:
         need(isinstance(self.checkpoint_segment_length, int)
              and self.checkpoint_segment_length >= 0,
              "checkpoint_segment_length must be an integer >= 0")
+        for name in ("attention_every", "attention_window", "attention_heads"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool)
+                 and value >= (0 if name == "attention_every" else 1),
+                 f"{name} must be an integer >= {0 if name == 'attention_every' else 1}, "
+                 f"got {value!r}")
+        if self.attention_every:
+            need(self.attention_every <= self.n_layer,
+                 f"attention_every ({self.attention_every}) is more than n_layer "
+                 f"({self.n_layer}): no block would be attention")
+            need(self.d_model % self.attention_heads == 0
+                 and self.d_model // self.attention_heads % 2 == 0,
+                 f"attention_heads ({self.attention_heads}) must divide d_model "
+                 f"({self.d_model}) into heads of an even width (rotary positions rotate "
+                 "channel pairs)")
+        if self.mixer == "s4d":
+            need(self.d_state % 2 == 0,
+                 f"the s4d mixer needs an even d_state (d_state/2 complex modes), "
+                 f"got {self.d_state}")
+            need(self.scan_backend != "triton",
+                 "the s4d mixer has no triton backend (its ops are torch: an FFT convolution "
+                 "and a chunked recurrence); scan_backend auto, torch or ref")
         need(self.objective in OBJECTIVES,
              f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         need(self.scan_backend in SCAN_BACKENDS,

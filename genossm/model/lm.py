@@ -24,7 +24,8 @@ Two calls, each with one return type: ``model(tokens)`` -> logits and
 ``model.stream(pieces)`` is the one streaming path (docs/design.md, "Streaming"): piece after
 piece it yields the hidden states, logits and each token's log-probability given everything
 before it, across piece boundaries, equal to one full pass. The state is fixed-size (conv
-inputs + float32 SSM state per layer, and the log-probabilities of the next token),
+inputs + float32 SSM state per layer, or an attention block's window of keys and values, and
+the log-probabilities of the next token),
 ``clone()``-able and ``index_select``-able, to branch one stream into several.
 """
 
@@ -45,10 +46,14 @@ from genossm.model.mamba2 import Block, RMSNorm
 
 @dataclass
 class ModelState:
-    """Streaming state of a causal GenoSSM: per layer the last d_conv-1 conv inputs and the
-    SSM state, both float32 (a Mamba-1 float64 model: float64), of the shapes the mixer's
-    ``state_shapes`` gives (Mamba-2: (b, d_conv-1, conv_dim) and (b, heads, headdim, d_state);
-    Mamba-1: (b, d_conv-1, d_inner) and (b, d_inner, 1, d_state));
+    """Streaming state of a causal GenoSSM: per layer the mixer's two state tensors, float32
+    (a float64 model: float64), of the shapes the mixer's ``state_shapes`` gives: ``conv`` the
+    last d_conv-1 conv inputs and ``ssm`` the SSM state (Mamba-2: (b, d_conv-1, conv_dim) and
+    (b, heads, headdim, d_state); Mamba-1: (b, d_conv-1, d_inner) and (b, d_inner, 1, d_state);
+    S4D: (b, d_conv-1, d_inner) and (b, d_inner, d_state/2, 2)), and for an attention block
+    its window of keys and values (b, window-1, 2·d_model) and which of them are real
+    (b, window-1), in the same two places (every tensor batch-first, so rows of any states
+    stack and ``index_select`` picks them);
     ``next_logp`` (b, vocab), the natural-log probabilities of the token after those consumed
     (None before the first); ``offset`` counts the tokens consumed so far."""
 
@@ -127,7 +132,7 @@ class GenoSSM(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.tie_weights()
@@ -227,9 +232,11 @@ class GenoSSM(nn.Module):
             raise ValueError("streaming needs a causal model (bidirectional and rc_equivariant "
                              "models read the sequence right to left too)")
         device = self.embedding.weight.device if device is None else device
-        conv_shape, ssm_shape = self.layers[0].mixer.state_shapes(cfg)
-        conv = [torch.zeros(batch_size, *conv_shape, device=device) for _ in range(cfg.n_layer)]
-        ssm = [torch.zeros(batch_size, *ssm_shape, device=device) for _ in range(cfg.n_layer)]
+        conv, ssm = [], []
+        for block in self.layers:
+            conv_shape, ssm_shape = block.mixer.state_shapes(cfg)
+            conv.append(torch.zeros(batch_size, *conv_shape, device=device))
+            ssm.append(torch.zeros(batch_size, *ssm_shape, device=device))
         return ModelState(conv, ssm, 0)
 
     def num_parameters(self) -> int:

@@ -149,25 +149,34 @@ class Mamba2Mixer(nn.Module):
 
 
 def mixer_class(name: str) -> type[nn.Module]:
-    """The mixer class for ``ModelConfig.mixer``."""
+    """The mixer class for ``ModelConfig.mixer``, or "attention" (``ModelConfig.layer_mixer``)."""
+    # imported here: these modules import this one
     if name == "mamba1":
-        from genossm.model.mamba1 import Mamba1Mixer  # here: mamba1 imports this module
+        from genossm.model.mamba1 import Mamba1Mixer
         return Mamba1Mixer
     if name == "mamba2":
         return Mamba2Mixer
+    if name == "s4d":
+        from genossm.model.s4d import S4DMixer
+        return S4DMixer
+    if name == "attention":
+        from genossm.model.attention import AttentionMixer
+        return AttentionMixer
     raise ValueError(f"unknown mixer {name!r}")
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: h + mixer(norm(h)), the mixer chosen by ``cfg.mixer``
-    (Mamba2Mixer, or Mamba1Mixer from genossm/model/mamba1.py).
+    """Pre-norm residual block: h + mixer(norm(h)), the mixer of block ``layer`` chosen by
+    ``cfg.layer_mixer`` (Mamba2Mixer; Mamba1Mixer from genossm/model/mamba1.py, S4DMixer from
+    s4d.py; AttentionMixer from attention.py for the attention blocks of a hybrid).
 
     Bidirectional (Caduceus BiMamba, strategy "add"): a second mixer reads the sequence
     reversed and the two outputs are summed, mixer(u) + flip(mixer_rev(flip(u))). With
     ``bidirectional_sharing`` "mixer" the same mixer reads both ways (one batched call); with
     "projections" ``mixer_rev`` has its own conv, x/dt projections, A and D but shares
     in_proj and out_proj with ``mixer`` (Caduceus's weight tie: the same Parameter objects);
-    with "none" it shares nothing.
+    with "none" it shares nothing. An attention block of a bidirectional model is one
+    attention that reads both ways (a window either side), with no reverse mixer.
 
     ``checkpoint_length`` > 0 turns on gradient checkpointing: norm + mixer are recomputed in
     backward, in segments of that many positions carrying the conv/SSM state from segment to
@@ -175,13 +184,16 @@ class Block(nn.Module):
     at a time (what makes a 1 Mb training step fit in a few GB).
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.cfg = cfg
+        kind = cfg.layer_mixer(layer)
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.mixer = mixer_class(cfg.mixer)(cfg)
-        if cfg.bidirectional and cfg.bidirectional_sharing != "mixer":
-            self.mixer_rev = mixer_class(cfg.mixer)(cfg)
+        self.mixer = mixer_class(kind)(cfg)
+        # an attention block reads both ways by itself (AttentionMixer.causal)
+        self.two_way = cfg.bidirectional and kind != "attention"
+        if self.two_way and cfg.bidirectional_sharing != "mixer":
+            self.mixer_rev = mixer_class(kind)(cfg)
             if cfg.bidirectional_sharing == "projections":
                 self.mixer_rev.in_proj = self.mixer.in_proj
                 self.mixer_rev.out_proj = self.mixer.out_proj
@@ -196,6 +208,10 @@ class Block(nn.Module):
         if self.cfg.bidirectional:
             if return_state or state is not None:
                 raise ValueError("a bidirectional block cannot be streamed")
+            if not self.two_way:   # attention both ways: no segments (it reads ahead)
+                y, _ = self._mix(self.mixer, h, None, False, backend,
+                                 max(h.shape[1], 1) if checkpoint_length > 0 else 0)
+                return h + y
             if not hasattr(self, "mixer_rev"):
                 both, _ = self._mix(self.mixer, torch.cat([h, h.flip(1)], dim=0), None, False,
                                     backend, checkpoint_length)
