@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,6 +27,12 @@ from genossm.model import (
     reverse_complement_tokens,
 )
 from genossm.ops.window_attention import window_attention, window_attention_ref
+from helpers import (
+    check_stream_equals_full_pass,
+    cross_entropy_gradients,
+    perturbed_model,
+    random_tokens,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -141,17 +146,7 @@ def tiny(**kw) -> ModelConfig:
 
 
 def make(seed=0, dtype=F64, **kw) -> GenoSSM:
-    torch.manual_seed(seed)
-    model = GenoSSM(tiny(**kw)).to(dtype).eval()
-    with torch.no_grad():  # non-trivial values everywhere (init leaves some at 0 or 1)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
-
-
-def tokens(batch, length, seed=1, high=alphabet.NUM_BASE_CODES):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, high, (batch, length), generator=g)
+    return perturbed_model(tiny(**kw), seed=seed, dtype=dtype)
 
 
 def test_layer_pattern_and_parameters():
@@ -187,7 +182,7 @@ def test_the_window_is_the_reach(causal):
     with the token window - 1 positions away and not with one window away."""
     kw = {} if causal else {"objective": "mlm", "bidirectional": True}
     model = make(n_layer=1, attention_every=1, **kw)
-    x = tokens(1, 40)
+    x = random_tokens(1, 40)
     t = 20
     with torch.no_grad():
         base = model(x)[0, t]
@@ -206,34 +201,20 @@ def test_streaming_equals_full_pass_in_float64(pieces, mixer):
     """A hybrid (SSM blocks 0, 2; attention blocks 1, 3 with a window of 7) read in pieces
     shorter and longer than the window."""
     model = make(mixer=mixer)
-    x = tokens(2, 30)
-    cuts = np.cumsum([0, *pieces])
-    with torch.no_grad():
-        full = model(x)
-        full_h = model.hidden_states(x, layer=2)
-        out = list(model.stream([x[:, a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)],
-                                layer=2))
     # attention and the SSMs in float64; the RMSNorms round to float32 (hence not 1e-12)
-    torch.testing.assert_close(torch.cat([p.logits for p in out], 1), full, rtol=0, atol=1e-7)
-    torch.testing.assert_close(torch.cat([p.hidden for p in out], 1), full_h, rtol=0,
-                               atol=1e-7)
-    want = torch.log_softmax(full, -1)[:, :-1].gather(-1, x[:, 1:, None])[..., 0]
-    token_logp = torch.cat([p.token_logp for p in out], 1)
-    torch.testing.assert_close(token_logp[:, 1:].double(), want, rtol=0, atol=1e-5)
-    state = out[-1].state
+    full, state = check_stream_equals_full_pass(model, random_tokens(2, 30), pieces, layer=2,
+                                                atol=1e-7)
+    assert full.dtype == torch.float64
     assert [tuple(c.shape) for c in state.conv[1::2]] == [(2, 6, 32)] * 2
     assert [tuple(s.shape) for s in state.ssm[1::2]] == [(2, 6)] * 2
     assert state.ssm[1].eq(1).all()                      # 30 tokens: the window is full
-    fresh = model.initial_state(2)
-    assert [c.shape for c in fresh.conv] == [c.shape for c in state.conv]
-    assert [s.shape for s in fresh.ssm] == [s.shape for s in state.ssm]
 
 
 def test_float32_states_of_different_streams_stack():
     """Rows of states at different places (3 tokens read, 20 read, none) stacked into one batch,
     as score's left-context streams stack them, continue each row's own stream."""
     model = make(dtype=torch.float32)
-    x = tokens(3, 40, seed=3)
+    x = random_tokens(3, 40, seed=3)
     reads = (3, 20, 0)
     with torch.no_grad():
         rows = []
@@ -254,12 +235,6 @@ def test_float32_states_of_different_streams_stack():
             assert (out.logits[row:row + 1] - full).abs().max() <= 1e-5 * full.abs().max()
 
 
-def _gradients(model, x) -> dict:
-    logits = model.train()(x)
-    F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1)).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
-
-
 @pytest.mark.parametrize("segment", [0, 20])
 @pytest.mark.parametrize("kw", [{}, {"objective": "mlm", "bidirectional": True,
                                      "rc_equivariant": True}])
@@ -267,10 +242,10 @@ def test_gradient_checkpointing_same_gradients(kw, segment):
     """Whole-sequence and segmented (48 = 20 + 20 + 8; the window of 7 reaches across
     segments through the carried keys and values) checkpointing; a bidirectional attention
     block is checkpointed whole."""
-    x = tokens(2, 48)
-    want = _gradients(make(**kw), x)
-    got = _gradients(make(gradient_checkpointing=True, checkpoint_segment_length=segment, **kw),
-                     x)
+    x = random_tokens(2, 48)
+    want = cross_entropy_gradients(make(**kw), x)
+    got = cross_entropy_gradients(make(gradient_checkpointing=True,
+                                       checkpoint_segment_length=segment, **kw), x)
     for name, g in want.items():
         torch.testing.assert_close(got[name], g, rtol=1e-6, atol=1e-6, msg=name)
 
@@ -281,7 +256,7 @@ def test_masked_lm_bidirectional_form():
     equivariant with rc_equivariant; refused to stream."""
     model = make(objective="mlm", bidirectional=True, bidirectional_sharing="projections")
     assert hasattr(model.layers[0], "mixer_rev") and not hasattr(model.layers[1], "mixer_rev")
-    x = tokens(2, 30, high=alphabet.VOCAB_SIZE)
+    x = random_tokens(2, 30, high=alphabet.VOCAB_SIZE)
     with torch.no_grad():
         h = model.embedding(x)
         for i, block in enumerate(model.layers):
@@ -305,25 +280,9 @@ def test_masked_lm_bidirectional_form():
     torch.testing.assert_close(out_rc, reverse_complement_logits(out), rtol=0, atol=1e-10)
 
 
-def test_training_steps_reduce_the_loss():
-    torch.manual_seed(0)
-    model = GenoSSM(tiny()).train()
-    x = torch.tensor([[0, 1, 2, 3, 3, 2, 1, 0] * 8])
-    opt = torch.optim.AdamW(model.optim_groups(0.01), lr=1e-2)
-    losses = []
-    for _ in range(15):
-        logits = model(x)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
-
-
 def test_autocast_bf16_keeps_float32_state():
     model = make(dtype=torch.float32)
-    x = tokens(2, 30)
+    x = random_tokens(2, 30)
     with torch.no_grad():
         ref = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -340,7 +299,7 @@ def test_save_load_through_the_model_directory(tmp_path):
     ModelDir(tmp_path / "m").save_model(model)
     loaded = ModelDir(tmp_path / "m").load_model()
     assert loaded.config == model.config
-    x = tokens(2, 20)
+    x = random_tokens(2, 20)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
 

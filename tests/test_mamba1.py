@@ -1,20 +1,19 @@
 """The Mamba-1 mixer (``ModelConfig.mixer = "mamba1"``): mamba_ssm's parameter names and
 initialisation, the official mixer output (layer 0 of the mamba_ssm Mamba-1 fixture in
-tests/data/interop), streaming == full pass in float64, gradient checkpointing, a training step,
-save/load, the config JSON round trip, and RC equivariance / bidirectional consistency."""
+tests/data/interop), streaming == full pass in float64, gradient checkpointing, save/load, the
+config JSON round trip, and RC equivariance / bidirectional consistency (its training steps are
+in test_model.py)."""
 
 from __future__ import annotations
 
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from genossm import alphabet
 from genossm.model import (
     GenoSSM,
     Mamba1Mixer,
@@ -24,7 +23,13 @@ from genossm.model import (
     reverse_complement_tokens,
     save_model,
 )
-from helpers import ROOT
+from helpers import (
+    ROOT,
+    check_stream_equals_full_pass,
+    cross_entropy_gradients,
+    perturbed_model,
+    random_tokens,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,17 +43,7 @@ def tiny(**kw) -> ModelConfig:
 
 
 def make(seed=0, dtype=torch.float64, **kw) -> GenoSSM:
-    torch.manual_seed(seed)
-    model = GenoSSM(tiny(**kw)).to(dtype).eval()
-    with torch.no_grad():  # non-trivial values everywhere (init leaves some at 0 or 1)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
-
-
-def tokens(batch, length, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, alphabet.NUM_BASE_CODES, (batch, length), generator=g)
+    return perturbed_model(tiny(**kw), seed=seed, dtype=dtype)
 
 
 # --- the mixer ------------------------------------------------------------------------------
@@ -109,35 +104,11 @@ def test_mixer_equals_the_official_mamba_ssm_module():
 @pytest.mark.parametrize("pieces", [[1] * 30, [1, 2, 1, 5, 3, 17, 1], [29, 1], [16, 14]])
 def test_streaming_equals_full_pass_in_float64(pieces):
     model = make()
-    x = tokens(2, 30)
-    cuts = np.cumsum([0, *pieces])
-    with torch.no_grad():
-        full = model(x)
-        full_h = model.hidden_states(x, layer=1)
-        out = list(model.stream([x[:, a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)],
-                                layer=1))
+    full, state = check_stream_equals_full_pass(model, random_tokens(2, 30), pieces, layer=1,
+                                                atol=1e-10)
     assert full.dtype == torch.float64
-    torch.testing.assert_close(torch.cat([p.logits for p in out], 1), full, rtol=0, atol=1e-10)
-    torch.testing.assert_close(torch.cat([p.hidden for p in out], 1), full_h, rtol=0,
-                               atol=1e-10)
-    want = torch.log_softmax(full, -1)[:, :-1].gather(-1, x[:, 1:, None])[..., 0]
-    token_logp = torch.cat([p.token_logp for p in out], 1)
-    assert torch.isnan(token_logp[:, 0]).all()
-    torch.testing.assert_close(token_logp[:, 1:].double(), want, rtol=0, atol=1e-5)  # float32
-    state = out[-1].state
-    assert state.offset == 30
     assert [tuple(c.shape) for c in state.conv] == [(2, 3, 48)] * 2
     assert [tuple(s.shape) for s in state.ssm] == [(2, 48, 1, 8)] * 2
-    fresh = model.initial_state(2)
-    assert [c.shape for c in fresh.conv] == [c.shape for c in state.conv]
-    assert [s.shape for s in fresh.ssm] == [s.shape for s in state.ssm]
-
-
-def _gradients(model, x) -> dict:
-    """Parameter gradients of the cross-entropy of ``model(x)`` against x, in training mode."""
-    logits = model.train()(x)
-    F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1)).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("segment", [0, 20])
@@ -149,35 +120,18 @@ def _gradients(model, x) -> dict:
 def test_gradient_checkpointing_same_gradients(kw, segment):
     """Whole-sequence (segment 0) and segmented (48 = 20 + 20 + 8) checkpointing; the last
     case is the Caduceus-PS architecture (BiMamba with shared projections, fused RCPS)."""
-    x = tokens(2, 48)
-    want = _gradients(make(**kw), x)
-    got = _gradients(make(gradient_checkpointing=True, checkpoint_segment_length=segment, **kw),
-                     x)
+    x = random_tokens(2, 48)
+    want = cross_entropy_gradients(make(**kw), x)
+    got = cross_entropy_gradients(make(gradient_checkpointing=True,
+                                       checkpoint_segment_length=segment, **kw), x)
     for name, g in want.items():  # RMSNorm computes in float32, the mixer in float64
         tol = 1e-12 if ".mixer" in name else 1e-6
         torch.testing.assert_close(got[name], g, rtol=tol, atol=tol, msg=name)
 
 
-def test_training_steps_reduce_the_loss():
-    torch.manual_seed(0)
-    model = GenoSSM(tiny()).train()
-    x = torch.tensor([[0, 1, 2, 3, 3, 2, 1, 0] * 8])
-    opt = torch.optim.AdamW(model.optim_groups(0.01), lr=1e-2)
-    losses = []
-    for _ in range(15):
-        logits = model(x)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < 0.5 * losses[0]
-
-
 def test_rc_equivariance_and_bidirectional_consistency():
     model = make(objective="mlm", bidirectional=True, rc_equivariant=True)
-    x = tokens(2, 25)
+    x = random_tokens(2, 25)
     with torch.no_grad():
         out, out_rc = model(x), model(reverse_complement_tokens(x))
     torch.testing.assert_close(out_rc, reverse_complement_logits(out), rtol=0, atol=1e-10)
@@ -191,7 +145,7 @@ def test_save_load_round_trip(tmp_path):
     save_model(model, tmp_path / "m")
     loaded = load_model(tmp_path / "m")
     assert loaded.config == model.config and loaded.config.mixer == "mamba1"
-    x = tokens(2, 20)
+    x = random_tokens(2, 20)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
 

@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from genossm import alphabet
 from genossm.errors import InputError
@@ -26,6 +25,12 @@ from genossm.model import (
     reverse_complement_tokens,
 )
 from genossm.ops.s4d import discretize, fft_conv, s4d_conv, s4d_kernel, s4d_recurrent, s4d_ref
+from helpers import (
+    check_stream_equals_full_pass,
+    cross_entropy_gradients,
+    perturbed_model,
+    random_tokens,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -170,17 +175,7 @@ def tiny(**kw) -> ModelConfig:
 
 
 def make(seed=0, dtype=F64, **kw) -> GenoSSM:
-    torch.manual_seed(seed)
-    model = GenoSSM(tiny(**kw)).to(dtype).eval()
-    with torch.no_grad():  # non-trivial values everywhere (init leaves some at 0 or 1)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
-
-
-def tokens(batch, length, seed=1, high=alphabet.NUM_BASE_CODES):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, high, (batch, length), generator=g)
+    return perturbed_model(tiny(**kw), seed=seed, dtype=dtype)
 
 
 def test_parameters_and_s4d_lin_initialisation():
@@ -214,31 +209,16 @@ def test_parameters_and_s4d_lin_initialisation():
 def test_streaming_equals_full_pass_in_float64(pieces):
     """The full pass is the FFT convolution, the stream the chunked recurrence (chunk 8)."""
     model = make()
-    x = tokens(2, 30)
-    cuts = np.cumsum([0, *pieces])
-    with torch.no_grad():
-        full = model(x)
-        full_h = model.hidden_states(x, layer=1)
-        out = list(model.stream([x[:, a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)],
-                                layer=1))
-    torch.testing.assert_close(torch.cat([p.logits for p in out], 1), full, rtol=0, atol=1e-10)
-    torch.testing.assert_close(torch.cat([p.hidden for p in out], 1), full_h, rtol=0,
-                               atol=1e-10)
-    want = torch.log_softmax(full, -1)[:, :-1].gather(-1, x[:, 1:, None])[..., 0]
-    token_logp = torch.cat([p.token_logp for p in out], 1)
-    assert torch.isnan(token_logp[:, 0]).all()
-    torch.testing.assert_close(token_logp[:, 1:].double(), want, rtol=0, atol=1e-5)  # float32
-    state = out[-1].state
-    assert state.offset == 30
+    full, state = check_stream_equals_full_pass(model, random_tokens(2, 30), pieces, layer=1,
+                                                atol=1e-10)
+    assert full.dtype == torch.float64
     assert [tuple(c.shape) for c in state.conv] == [(2, 3, 32)] * 2
     assert [tuple(s.shape) for s in state.ssm] == [(2, 32, 4, 2)] * 2
-    fresh = model.initial_state(2)
-    assert [s.shape for s in fresh.ssm] == [s.shape for s in state.ssm]
 
 
 def test_float32_streaming_equals_full_pass_and_branches():
     model = make(dtype=torch.float32)
-    x = tokens(2, 100)
+    x = random_tokens(2, 100)
     with torch.no_grad():
         full = model(x)
         out = list(model.stream([x[:, :37], x[:, 37:38], x[:, 38:]]))
@@ -256,7 +236,7 @@ def test_reference_backend_equals_the_default_with_gradients():
     """backend "ref" (the loop) against the default (FFT convolution in a whole pass, the
     recurrence in a stream): logits, streamed logits and every parameter gradient, float64."""
     model = make()
-    x = tokens(2, 40)
+    x = random_tokens(2, 40)
 
     def run(backend):
         model.zero_grad()
@@ -280,12 +260,6 @@ def test_reference_backend_equals_the_default_with_gradients():
         model(x, backend="triton")
 
 
-def _gradients(model, x) -> dict:
-    logits = model.train()(x)
-    F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1)).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
-
-
 @pytest.mark.parametrize("segment", [0, 20])
 @pytest.mark.parametrize("kw", [{}, {"objective": "mlm", "bidirectional": True,
                                      "bidirectional_sharing": "projections",
@@ -293,10 +267,10 @@ def _gradients(model, x) -> dict:
 def test_gradient_checkpointing_same_gradients(kw, segment):
     """Whole-sequence checkpointing (the convolution) and segments of 20 carrying the state
     (the recurrence, 48 = 20 + 20 + 8) give the gradients of no checkpointing."""
-    x = tokens(2, 48)
-    want = _gradients(make(**kw), x)
-    got = _gradients(make(gradient_checkpointing=True, checkpoint_segment_length=segment, **kw),
-                     x)
+    x = random_tokens(2, 48)
+    want = cross_entropy_gradients(make(**kw), x)
+    got = cross_entropy_gradients(make(gradient_checkpointing=True,
+                                       checkpoint_segment_length=segment, **kw), x)
     for name, g in want.items():  # RMSNorm computes in float32, the mixer in float64
         tol = 1e-10 if ".mixer" in name else 1e-6
         torch.testing.assert_close(got[name], g, rtol=tol, atol=tol, msg=name)
@@ -304,7 +278,7 @@ def test_gradient_checkpointing_same_gradients(kw, segment):
 
 def test_autocast_bf16_keeps_the_ssm_in_float32():
     model = make(dtype=torch.float32, gradient_checkpointing=True, checkpoint_segment_length=16)
-    x = tokens(2, 40)
+    x = random_tokens(2, 40)
     with torch.no_grad():
         ref = model(x)
     model.train()
@@ -318,29 +292,12 @@ def test_autocast_bf16_keeps_the_ssm_in_float32():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_training_steps_reduce_the_loss():
-    torch.manual_seed(0)
-    model = GenoSSM(tiny()).train()
-    x = torch.tensor([[0, 1, 2, 3, 3, 2, 1, 0] * 8])
-    opt = torch.optim.AdamW(model.optim_groups(0.01), lr=1e-2)
-    losses = []
-    for _ in range(15):
-        logits = model(x)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < 0.5 * losses[0]
-
-
 # --- bidirectional, RC equivariance -----------------------------------------------------------
 
 @pytest.mark.parametrize("sharing", ["mixer", "projections", "none"])
 def test_bidirectional_and_rc_equivariant(sharing):
     bi = make(objective="mlm", bidirectional=True, bidirectional_sharing=sharing)
-    x = tokens(2, 25, high=alphabet.VOCAB_SIZE)
+    x = random_tokens(2, 25, high=alphabet.VOCAB_SIZE)
     with torch.no_grad():
         h = bi.embedding(x)
         for block in bi.layers:    # by hand: forward mixer + reversed (own or shared) mixer
@@ -365,7 +322,7 @@ def test_save_load_through_the_model_directory(tmp_path):
     ModelDir(tmp_path / "m").save_model(model)
     loaded = ModelDir(tmp_path / "m").load_model()
     assert loaded.config == model.config and loaded.config.mixer == "s4d"
-    x = tokens(2, 20)
+    x = random_tokens(2, 20)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
         a = list(loaded.stream([x[:, :7], x[:, 7:]]))[-1].logits
@@ -384,7 +341,7 @@ def test_config_round_trip_and_checks():
     assert tiny(d_model=30, headdim=7).d_inner == 60
     with torch.no_grad():   # d_conv 1: no conv state, the conv a per-channel scale
         model = make(d_conv=1)
-        x = tokens(1, 20)
+        x = random_tokens(1, 20)
         out = torch.cat([p.logits for p in model.stream([x[:, :9], x[:, 9:]])], 1)
         torch.testing.assert_close(out, model(x), rtol=0, atol=1e-10)
 

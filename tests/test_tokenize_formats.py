@@ -236,20 +236,15 @@ def test_features_bed_at_a_path_and_force(tmp_path, capsys):
 # --------------------------------------------------------------------------- bad input
 
 
-def test_a_protein_record_is_refused(tmp_path, capsys):
-    src = tmp_path / "blank_seq.gb"
-    shutil.copy(FORMATS / "blank_seq.gb", src)
-    err = run_bad(tmp_path, capsys, src)
-    assert err == (f"genossm: error: {src}: record 'NP_001832.1' (line 1): a protein record; "
-                   "genossm reads DNA")
-
-
-def test_a_record_without_origin_or_end_is_refused(tmp_path, capsys):
-    src = tmp_path / "no_origin_no_end.gb"
-    shutil.copy(FORMATS / "no_origin_no_end.gb", src)
-    err = run_bad(tmp_path, capsys, src)
-    assert err == (f"genossm: error: {src}: record 'AB070938' (line 1), line 14 (end of file): "
-                   "cannot parse (Premature end of line during features table)")
+@pytest.mark.parametrize("name, message", [
+    ("blank_seq.gb", "record 'NP_001832.1' (line 1): a protein record; genossm reads DNA"),
+    ("no_origin_no_end.gb", "record 'AB070938' (line 1), line 14 (end of file): cannot parse "
+                            "(Premature end of line during features table)"),
+], ids=["protein", "no-origin-no-end"])
+def test_a_record_that_is_not_dna_or_not_whole_is_refused(tmp_path, capsys, name, message):
+    src = tmp_path / name
+    shutil.copy(FORMATS / name, src)
+    assert run_bad(tmp_path, capsys, src) == f"genossm: error: {src}: {message}"
 
 
 def test_a_bad_record_after_good_ones_leaves_no_store_and_no_bed(tmp_path, capsys):

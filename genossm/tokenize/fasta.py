@@ -82,17 +82,68 @@ def sniff_format(path: Path) -> str:
 
 
 @dataclass
-class _Record:
-    name: str
-    offset: int          # of its header line in the decompressed text
+class ContigSummary:
+    """What one input file of contigs gave the store (its entry in the store's sources): the
+    contigs and bases written with their N, IUPAC and soft-masked bases (``ContigCounts.close``
+    adds each contig), and the records skipped for having no sequence. FASTA's
+    (``FastaSummary``), and GenBank/EMBL/2bit's with the features BED's counts
+    (``flatfile.FlatFileSummary``)."""
+    path: str
+    format: str
+    contigs: int = 0
+    bases: int = 0
+    n_count: int = 0
+    iupac_count: int = 0
+    softmasked: int = 0
+    empty_records: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ContigCounts:
+    """A contig being written into its ContigWriter, piece by piece (``append``), with its
+    length and its N, IUPAC and soft-masked bases counted for its attributes and the file's
+    summary (``close``). FASTA's records and GenBank/EMBL/2bit's (``flatfile``) alike."""
     writer: object
-    hasher: ThreadPoolExecutor   # one thread: md5 updates run in order, off the parsing thread
-    md5: object = field(default_factory=hashlib.md5)
-    pending: list = field(default_factory=list)
     length: int = 0
     n_count: int = 0
     iupac_count: int = 0
     softmasked: int = 0
+
+    def append(self, tagged: np.ndarray, top: int, upper: bytes) -> None:
+        """One piece: ``tagged``, its letters through ``alphabet.TAGGED_BYTES`` (none invalid),
+        ``top`` the largest of them and ``upper`` the letters in upper case."""
+        if top < alphabet.SOFTMASK_BIT:  # the common case: upper-case A C G T N only
+            self.writer.append(tagged, None)
+            self.n_count += upper.count(b"N")
+        else:
+            codes = tagged & (alphabet.SOFTMASK_BIT - 1)
+            mask = (tagged & alphabet.SOFTMASK_BIT) != 0
+            self.writer.append(codes, mask)
+            n = int(np.count_nonzero(codes == alphabet.N))
+            self.n_count += n
+            self.iupac_count += n - upper.count(b"N")
+            self.softmasked += int(np.count_nonzero(mask))
+        self.length += tagged.size
+
+    def close(self, summary: ContigSummary, *, md5: str, source: str, **attrs) -> None:
+        """Finish the contig (its counts, ``md5`` of its upper-case letters, ``source`` and
+        ``attrs`` as attributes) and add it to ``summary``."""
+        self.writer.finish(n_count=self.n_count, iupac_count=self.iupac_count,
+                           softmasked=self.softmasked, md5=md5, source=source, **attrs)
+        summary.contigs += 1
+        summary.bases += self.length
+        summary.n_count += self.n_count
+        summary.iupac_count += self.iupac_count
+        summary.softmasked += self.softmasked
+
+
+@dataclass(kw_only=True)
+class _Record(ContigCounts):
+    name: str
+    offset: int          # of its header line in the decompressed text
+    hasher: ThreadPoolExecutor   # one thread: md5 updates run in order, off the parsing thread
+    md5: object = field(default_factory=hashlib.md5)
+    pending: list = field(default_factory=list)
 
     def digest(self, upper: bytes) -> None:
         if len(self.pending) > 2:
@@ -116,15 +167,8 @@ class _RecordPlace:
 
 
 @dataclass
-class FastaSummary:
-    path: str
+class FastaSummary(ContigSummary):
     format: str = "fasta"
-    contigs: int = 0
-    bases: int = 0
-    n_count: int = 0
-    iupac_count: int = 0
-    softmasked: int = 0
-    empty_records: list[str] = field(default_factory=list)
 
 
 class _FastaTokenizer:
@@ -223,21 +267,9 @@ class _FastaTokenizer:
         top = int(tagged.max())
         if top == alphabet.INVALID:
             self._invalid_character(piece, offset)
-        rec = self.record
         upper = piece.translate(alphabet.UPPER_BYTES, _NEWLINES)
-        rec.digest(upper)
-        if top < alphabet.SOFTMASK_BIT:  # the common case: upper-case A C G T N only
-            rec.writer.append(tagged, None)
-            rec.n_count += upper.count(b"N")
-        else:
-            codes = tagged & (alphabet.SOFTMASK_BIT - 1)
-            mask = (tagged & alphabet.SOFTMASK_BIT) != 0
-            rec.writer.append(codes, mask)
-            n = int(np.count_nonzero(codes == alphabet.N))
-            rec.n_count += n
-            rec.iupac_count += n - upper.count(b"N")
-            rec.softmasked += int(np.count_nonzero(mask))
-        rec.length += tagged.size
+        self.record.digest(upper)
+        self.record.append(tagged, top, upper)
 
     def _invalid_character(self, piece: bytes, offset: int) -> None:
         raw = np.frombuffer(piece, dtype=np.uint8)
@@ -258,14 +290,7 @@ class _FastaTokenizer:
             self.store.drop_contig(rec.name, rec.writer)
             self.empty.append((rec.name, rec.offset))
         else:
-            rec.writer.finish(n_count=rec.n_count, iupac_count=rec.iupac_count,
-                              softmasked=rec.softmasked, md5=rec.hexdigest(),
-                              source=str(self.path))
-            s.contigs += 1
-            s.bases += rec.length
-            s.n_count += rec.n_count
-            s.iupac_count += rec.iupac_count
-            s.softmasked += rec.softmasked
+            rec.close(s, md5=rec.hexdigest(), source=str(self.path))
         if s.contigs:   # a file with no sequence at all is an error, not a warning per record
             self._report_empty()
 

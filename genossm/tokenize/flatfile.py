@@ -36,6 +36,7 @@ from genossm.tokenize.compressed import (
     gzip_fault,
     gzip_fault_error,
 )
+from genossm.tokenize.fasta import ContigCounts, ContigSummary
 
 log = logging.getLogger("genossm.tokenize")
 
@@ -76,27 +77,19 @@ def parse_feature_types(text: str | None) -> list[str] | None:
 
 
 @dataclass
-class FlatFileSummary:
-    path: str
-    format: str
-    contigs: int = 0
-    bases: int = 0
-    n_count: int = 0
-    iupac_count: int = 0
-    softmasked: int = 0
-    empty_records: list[str] = field(default_factory=list)
+class FlatFileSummary(ContigSummary):
     features: dict[str, int] = field(default_factory=dict)            # type -> BED lines
     features_skipped: dict[str, int] = field(default_factory=dict)    # reason -> parts
 
 
-class _ContigEncoder:
+class _ContigEncoder(ContigCounts):
     """Encodes one record's letters, block by block, into its ContigWriter, with the counts
     and md5 of the contig attributes."""
 
     def __init__(self, writer: ContigWriter, path: Path, place: str):
-        self.writer, self.path, self.place = writer, path, place
+        super().__init__(writer)
+        self.path, self.place = path, place
         self.md5 = hashlib.md5()
-        self.length = self.n_count = self.iupac_count = self.softmasked = 0
 
     def add(self, letters: bytes) -> None:
         tagged = np.frombuffer(letters.translate(alphabet.TAGGED_BYTES), np.uint8)
@@ -110,28 +103,10 @@ class _ContigEncoder:
                              place=f"{self.place}, base {self.length + pos + 1:,}")
         upper = letters.translate(alphabet.UPPER_BYTES)
         self.md5.update(upper)
-        if top < alphabet.SOFTMASK_BIT:
-            self.writer.append(tagged, None)
-            self.n_count += upper.count(b"N")
-        else:
-            codes = tagged & (alphabet.SOFTMASK_BIT - 1)
-            mask = (tagged & alphabet.SOFTMASK_BIT) != 0
-            self.writer.append(codes, mask)
-            n = int(np.count_nonzero(codes == alphabet.N))
-            self.n_count += n
-            self.iupac_count += n - upper.count(b"N")
-            self.softmasked += int(np.count_nonzero(mask))
-        self.length += tagged.size
+        self.append(tagged, top, upper)
 
     def finish(self, summary: FlatFileSummary, **attrs) -> None:
-        self.writer.finish(n_count=self.n_count, iupac_count=self.iupac_count,
-                           softmasked=self.softmasked, md5=self.md5.hexdigest(),
-                           source=str(self.path), **attrs)
-        summary.contigs += 1
-        summary.bases += self.length
-        summary.n_count += self.n_count
-        summary.iupac_count += self.iupac_count
-        summary.softmasked += self.softmasked
+        self.close(summary, md5=self.md5.hexdigest(), source=str(self.path), **attrs)
 
 
 class FeatureBed:
@@ -167,7 +142,7 @@ class FeatureBed:
                 if start < 0 or end > length:
                     raise InputError(path, f"{feature.type} feature {name!r} ({part}) runs past "
                                            f"the record's end ({length:,} bases)",
-                                     place=f"record {flat.name!r} (line {flat.line})")
+                                     place=flat.place)
                 strand = {1: "+", -1: "-"}.get(part.strand, ".")
                 self.fh.write(f"{flat.name}\t{start}\t{end}\t{name}\t0\t{strand}\t"
                               f"{feature.type}\t{k}/{len(parts)}\n")
@@ -208,9 +183,8 @@ def tokenize_flat_file(path: Path, fmt: str, store: StoreWriter, *,
     bar = tqdm(unit=" records", desc=path.name, disable=None if progress else True, leave=False)
     try:
         for flat in _records(path, fmt):
-            place = f"record {flat.name!r} (line {flat.line})"
-            encoder = _ContigEncoder(store.add_contig(flat.name, f"{path}: {place}"), path,
-                                     place)
+            encoder = _ContigEncoder(store.add_contig(flat.name, f"{path}: {flat.place}"), path,
+                                     flat.place)
             letters = bytes(flat.record.seq)
             for start in range(0, len(letters), BLOCK_BASES):
                 encoder.add(letters[start:start + BLOCK_BASES])
