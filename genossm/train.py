@@ -15,6 +15,10 @@ any moment leaves the old or the new one whole, and the next run first recovers 
 
 Multi-GPU / multi-node: run under ``torchrun`` (genossm.distributed); each rank draws its own
 windows (DistributedDataParallel averages the gradients), rank 0 writes checkpoints and metrics.
+With ``context_parallel`` R, the R ranks of a group draw the same windows and each runs the model
+over its contiguous shard of them (ops/context_parallel.py carries the scan's state across the
+shards exactly); a rank's loss is its shard's share of the window's, scaled by R so that the
+gradients DistributedDataParallel averages over every rank are those of the whole windows.
 """
 
 from __future__ import annotations
@@ -58,10 +62,12 @@ CHECKPOINT = OutputKind("a genossm model directory with a checkpoint",
                         lambda path: (Path(path) / TRAIN_STATE_NAME).is_file())
 
 
-def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor,
-            weights: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy (nats) over the weighted targets."""
-    logits = model(inputs)
+def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+            context_group=None) -> torch.Tensor:
+    """Summed cross-entropy (nats) over the weighted targets; ``context_group``: the inputs are
+    this rank's shard of the sequences (GenoSSM.forward)."""
+    logits = model(inputs) if context_group is None else model(inputs,
+                                                               context_group=context_group)
     loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            reduction="none")
     return (loss * weights.reshape(-1)).sum()
@@ -216,13 +222,13 @@ def _build_model(run: Run):
 
 def _train_loader(stores, train_iv, cfg: TrainConfig, start_step: int, ranks: Dist):
     """This rank's micro-batches of training windows from ``start_step`` on."""
-    total_windows = cfg.max_steps * cfg.grad_accum * ranks.world * cfg.batch_size
+    total_windows = cfg.max_steps * cfg.grad_accum * ranks.data_world * cfg.batch_size
     dataset = WindowDataset(stores, train_iv, cfg.seq_len, num_samples=total_windows,
                             seed=cfg.seed, max_n_fraction=cfg.max_n_fraction,
                             rc_augment=cfg.rc_augment, use_reads=cfg.use_reads,
                             source=cfg.origin("seq_len"))
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=StepBatches(cfg, start_step, ranks.rank, ranks.world),
+        dataset, batch_sampler=StepBatches(cfg, start_step, ranks.data_rank, ranks.data_world),
         num_workers=cfg.num_workers, pin_memory=ranks.device.type == "cuda")
 
 
@@ -251,10 +257,13 @@ class _StopSignal:
 
 
 def train(store_paths: list, output, cfg: TrainConfig, *, device: str | None = None,
-          resume: bool = False, force: bool = False, progress: bool = True) -> dict:
-    """Train a model on the stores; write checkpoints to ``output``. Returns a summary."""
+          resume: bool = False, force: bool = False, progress: bool = True,
+          context_parallel: int = 1) -> dict:
+    """Train a model on the stores; write checkpoints to ``output``. ``context_parallel``:
+    ranks per sequence under torchrun (module docstring). Returns a summary."""
     # open the run: a new one, or the checkpoint in ``output`` resumed
-    ranks = Dist.setup(device)
+    ranks = Dist.setup(device, context_parallel)
+    _check_context_parallel(cfg, ranks.context)
     run = _open_run(ModelDir(output), cfg, ranks, store_paths, resume=resume, force=force)
     cfg = run.cfg
 
@@ -284,13 +293,13 @@ def train(store_paths: list, output, cfg: TrainConfig, *, device: str | None = N
                 group["lr"] = lr
             # forward and backward over the step's micro-batches, then the update
             loss = _optimizer_step(model, optimizer, micro_batches, cfg, run.step, length, ranks)
-            run.advance(cfg.grad_accum * cfg.batch_size * length * ranks.world)
+            run.advance(cfg.grad_accum * cfg.batch_size * length * ranks.data_world)
             elapsed = run.elapsed()
             # log the training loss, and now and then the validation loss
             if run.step % cfg.log_every == 0 or run.step == cfg.max_steps:
                 _log_train(run, loss, lr, length, elapsed, bar)
             if val_batches and (run.step % cfg.eval_every == 0 or run.step == cfg.max_steps):
-                val_loss = _validation_loss(raw_model, val_batches, cfg, ranks.device)
+                val_loss = _validation_loss(raw_model, val_batches, cfg, ranks)
                 run.log({"split": "val", "step": run.step, "tokens": run.tokens,
                          "loss": val_loss, "bits_per_base": val_loss / LN2, "elapsed_s": elapsed})
             bar.update(1)
@@ -318,11 +327,31 @@ def train(store_paths: list, output, cfg: TrainConfig, *, device: str | None = N
             "validation_bases": training.split["validation_bases"], "world_size": ranks.world}
 
 
+def _check_context_parallel(cfg: TrainConfig, context: int) -> None:
+    """What context parallelism splits: Mamba-1/Mamba-2 blocks of a model that is not
+    rc_equivariant, in shards no shorter than the convolution's halo."""
+    if context == 1:
+        return
+    model = cfg.model
+    kinds = {model.layer_mixer(i) for i in range(model.n_layer)}
+    if not kinds <= {"mamba1", "mamba2"} or model.rc_equivariant:
+        what = "rc_equivariant" if model.rc_equivariant else "/".join(sorted(kinds))
+        raise InputError(None, f"--context-parallel splits Mamba-1 and Mamba-2 blocks of "
+                               f"models that are not rc_equivariant; this model is {what}")
+    shortest = (cfg.seq_len_start or cfg.seq_len) // context
+    if shortest < model.d_conv - 1:
+        raise InputError(None, f"--context-parallel {context}: windows of "
+                               f"{cfg.seq_len_start or cfg.seq_len} give shards of {shortest} "
+                               f"positions, shorter than the convolution's {model.d_conv - 1}")
+
+
 def _optimizer_step(model, optimizer, micro_batches, cfg: TrainConfig, step: int, length: int,
                     ranks: Dist) -> float:
     """One optimizer step over the next ``grad_accum`` micro-batches, cut to ``length``;
-    returns this rank's loss in nats per target."""
-    generator = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1009 + ranks.rank)
+    returns this rank's loss in nats per target (with context parallelism, its shard's share
+    times the ranks per sequence: the mean over the ranks is the windows' loss)."""
+    generator = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1009
+                                              + ranks.data_rank)
     parts = []
     for _ in range(cfg.grad_accum):
         batch = next(micro_batches)
@@ -331,18 +360,27 @@ def _optimizer_step(model, optimizer, micro_batches, cfg: TrainConfig, step: int
         parts.append(lm_batch(tokens, mask, cfg.model.objective, cfg.mlm_probability, generator))
     n_targets = max(1, sum(int(w.sum()) for _, _, w in parts))
     loss_sum = 0.0
-    for i, (inputs, targets, weights) in enumerate(parts):
+    for i, batch in enumerate(parts):
+        inputs, targets, weights = (t[:, shard_span(t.shape[1], ranks)] for t in batch)
         last = i == len(parts) - 1
         sync = contextlib.nullcontext() if last or ranks.world == 1 else model.no_sync()
         with sync, _autocast(cfg, ranks.device):
-            loss = lm_loss(model, inputs, targets, weights)
-            (loss / n_targets).backward()
-        loss_sum += loss.item()
+            loss = lm_loss(model, inputs, targets, weights, ranks.context_group)
+            (loss * ranks.context / n_targets).backward()
+        loss_sum += loss.item() * ranks.context
     if cfg.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum / n_targets
+
+
+def shard_span(length: int, ranks: Dist) -> slice:
+    """The positions of this rank's shard of a sequence of ``length``: the ranks of a
+    sequence hold near-equal contiguous shards, in rank order (all of it without context
+    parallelism)."""
+    bounds = [round(k * length / ranks.context) for k in range(ranks.context + 1)]
+    return slice(bounds[ranks.shard], bounds[ranks.shard + 1])
 
 
 def _log_train(run: Run, loss: float, lr: float, length: int, elapsed: float, bar) -> None:
@@ -377,17 +415,21 @@ def _validation_batches(stores, val_iv, cfg: TrainConfig) -> list[dict]:
 
 
 @torch.no_grad()
-def _validation_loss(model: GenoSSM, batches, cfg: TrainConfig, dev) -> float:
-    """Mean loss (nats per target) of the model on the fixed validation windows."""
+def _validation_loss(model: GenoSSM, batches, cfg: TrainConfig, ranks: Dist) -> float:
+    """Mean loss (nats per target) of the model on the fixed validation windows (with context
+    parallelism, each rank reads its shard of them and the group sums the losses)."""
     model.eval()
-    total, count = 0.0, 0
+    dev = ranks.device
+    total, count = torch.zeros((), dtype=torch.float64, device=dev), 0
     generator = torch.Generator().manual_seed(cfg.seed + 17)
     for batch in batches:
-        inputs, targets, weights = lm_batch(batch["tokens"].to(dev), batch["loss_mask"].to(dev),
-                                            model.config.objective, cfg.mlm_probability,
-                                            generator)
+        whole = lm_batch(batch["tokens"].to(dev), batch["loss_mask"].to(dev),
+                         model.config.objective, cfg.mlm_probability, generator)
+        inputs, targets, weights = (t[:, shard_span(t.shape[1], ranks)] for t in whole)
         with _autocast(cfg, dev):
-            total += lm_loss(model, inputs, targets, weights).item()
-        count += int(weights.sum())
+            total += lm_loss(model, inputs, targets, weights, ranks.context_group).double()
+        count += int(whole[2].sum())
+    if ranks.context_group is not None:
+        dist.all_reduce(total, group=ranks.context_group)
     model.train()
-    return total / max(count, 1)
+    return total.item() / max(count, 1)

@@ -1,7 +1,13 @@
 """The harness the scan tests share (test_scan.py, test_scan_triton.py and their S6 twins):
 random scan inputs, and a backend's outputs, final state and the gradient of every input checked
 against the float64 sequential reference (``backend="ref"``); the checks every Triton kernel
-shares; and benchmarks/scan_gpu.py, loaded or run with --compile-check."""
+shares; and benchmarks/scan_gpu.py, loaded or run with --compile-check.
+
+Where the Triton kernels run: on CPU tensors through the interpreter (TRITON_INTERPRET=1, set in
+conftest) by default; with ``GENOSSM_TEST_DEVICE=cuda`` and ``TRITON_INTERPRET=0`` (set by the
+caller, as benchmarks/gpu_check.sh does) on the GPU, compiled. Then the inputs of every
+``backend="triton"`` run go to :data:`DEVICE` while the float64 reference stays on CPU, and every
+comparison is made on CPU."""
 
 from __future__ import annotations
 
@@ -20,6 +26,35 @@ from genossm.ops import selective_scan
 NAMES = ("x", "dt", "A", "B", "C", "D", "dt_bias", "initial_state")
 SCAN_ARGS = ("x", "dt", "A", "B", "C", "D")     # the positional arguments of a scan
 GPU_BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "scan_gpu.py"
+
+# The device the Triton backend's inputs go to (module docstring): read once, here.
+DEVICE = torch.device(os.environ.get("GENOSSM_TEST_DEVICE") or "cpu")
+ON_GPU = DEVICE.type != "cpu"
+if ON_GPU and os.environ.get("TRITON_INTERPRET") == "1":
+    raise RuntimeError(f"GENOSSM_TEST_DEVICE={DEVICE} runs the Triton kernels compiled: set "
+                       f"TRITON_INTERPRET=0 as well (conftest.py sets 1 when it is unset)")
+if DEVICE.type == "cuda" and not torch.cuda.is_available():
+    raise RuntimeError("GENOSSM_TEST_DEVICE=cuda, but torch finds no CUDA device")
+# For tests that only make sense under the interpreter (kernels on CPU tensors).
+interpreter_only = pytest.mark.skipif(
+    ON_GPU, reason=f"interpreter only: GENOSSM_TEST_DEVICE={DEVICE} runs the kernels compiled "
+                   f"on the GPU, and the interpreter must be chosen before triton is imported")
+
+
+def device_of(backend) -> torch.device:
+    """Where ``backend``'s inputs go: :data:`DEVICE` for triton, CPU for the others."""
+    return DEVICE if backend == "triton" else torch.device("cpu")
+
+
+def to_device(inp, device=None):
+    """The inputs on ``device`` (default :data:`DEVICE`; absent ones stay None). On the device
+    they are on already, the very same tensors."""
+    device = DEVICE if device is None else device
+    return {k: (v.to(device) if v is not None else None) for k, v in inp.items()}
+
+
+def _cpu(t):
+    return t.cpu() if t is not None else None
 
 
 def make_inputs(seed, batch, length, heads, groups, headdim, dstate, *, d_shape="h",
@@ -61,8 +96,11 @@ def run(inp, backend, *, dtype=None, chunk_size=16, dt_limit=(0.0, math.inf), gr
     """(y, final_state, {name: gradient}) of ``backend`` on the inputs in ``dtype`` (default:
     as they are), for a random linear functional of y (``grad_y``) plus one of the final state
     (``grad_final``). Gradients are keyed by the inputs that are present; one is None where the
-    functional does not depend on that input (D, for the final state alone)."""
-    leaves = {k: (v.detach().to(dtype or v.dtype).requires_grad_() if v is not None else None)
+    functional does not depend on that input (D, for the final state alone). The backend runs
+    on :func:`device_of` it; the results come back on CPU."""
+    dev = device_of(backend)
+    leaves = {k: (v.detach().to(device=dev, dtype=dtype or v.dtype).requires_grad_()
+                  if v is not None else None)
               for k, v in inp.items()}
     y, state = selective_scan(
         leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], leaves["D"],
@@ -70,18 +108,20 @@ def run(inp, backend, *, dtype=None, chunk_size=16, dt_limit=(0.0, math.inf), gr
         initial_state=leaves["initial_state"], return_final_state=True, chunk_size=chunk_size,
         backend=backend)
     gen = torch.Generator().manual_seed(seed)
-    terms = [(t.double() * torch.randn(t.shape, generator=gen, dtype=torch.float64)).sum()
+    terms = [(t.double() * torch.randn(t.shape, generator=gen, dtype=torch.float64)
+              .to(t.device)).sum()
              for t, wanted in ((y, grad_y), (state, grad_final)) if wanted]
     names = [k for k in NAMES if leaves[k] is not None]
     grads = torch.autograd.grad(sum(terms), [leaves[k] for k in names], allow_unused=True)
-    return y, state, dict(zip(names, grads, strict=True))
+    return _cpu(y), _cpu(state), {k: _cpu(g) for k, g in zip(names, grads, strict=True)}
 
 
 def assert_tensor_close(name, got, want, *, rtol, atol, relative=False):
     """Elementwise |got - want| <= atol + rtol |want| in float64; ``want`` None (the reference
     does not depend on this input) means zero. ``relative``: atol is a fraction of the largest
-    |want| (taken as at least 1e-3)."""
+    |want| (taken as at least 1e-3). Compared on CPU, wherever the tensors are."""
     assert got is not None, f"{name}: missing"
+    got, want = got.detach().cpu(), _cpu(want)
     want = torch.zeros_like(got, dtype=torch.float64) if want is None else want.detach().double()
     if relative:
         atol = atol * max(float(want.abs().max()) if want.numel() else 0.0, 1e-3)
@@ -122,7 +162,9 @@ def check_against_ref(inp, backend, *, dtype=torch.float64, chunk_size=16, rtol=
 def one_pass_and_pieces(inp, cuts, **kw):
     """((y, final state) of ``selective_scan`` in one pass, (y, final state) of the pieces
     [lo, hi) of ``cuts`` in turn, each started from the previous one's final state, their y
-    concatenated). ``kw`` (backend, chunk_size) go to every call."""
+    concatenated). ``kw`` (backend, chunk_size) go to every call; the inputs are moved to
+    :func:`device_of` the backend first."""
+    inp = to_device(inp, device_of(kw.get("backend")))
     x, dt, A, B, C, D = (inp[k] for k in SCAN_ARGS)
     whole = selective_scan(x, dt, A, B, C, D, initial_state=inp["initial_state"],
                            return_final_state=True, **kw)
@@ -147,8 +189,8 @@ def check_pieces_equal_one_pass(inp, *, chunk_size):
 
 def check_empty_length(kernel, inp):
     """``kernel`` on float32 inputs of length 0: y of the input's shape, and the initial state
-    as the final state."""
-    inp = cast(inp, torch.float32)
+    as the final state (on :data:`DEVICE`)."""
+    inp = to_device(cast(inp, torch.float32))
     y, final = kernel(*(inp[k] for k in SCAN_ARGS), initial_state=inp["initial_state"],
                       return_final_state=True)
     assert y.shape == inp["x"].shape
@@ -156,15 +198,15 @@ def check_empty_length(kernel, inp):
 
 
 def check_rejects_cpu_without_interpreter_and_float64(kernel, inp, monkeypatch):
-    """``kernel`` refuses float64 inputs (TypeError), and CPU tensors without the interpreter
-    (RuntimeError naming CUDA)."""
-    inp = cast(inp, torch.float32)
+    """``kernel`` refuses float64 inputs on :data:`DEVICE` (TypeError), and CPU tensors without
+    the interpreter (RuntimeError naming CUDA)."""
+    inp = to_device(cast(inp, torch.float32))
     args = [inp[k] for k in ("x", "dt", "A", "B", "C")]
     with pytest.raises(TypeError, match="float64"):
         kernel(args[0].double(), *args[1:])
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="CUDA"):
-        kernel(*args)
+        kernel(*(a.cpu() for a in args))
 
 
 def load_gpu_benchmark():

@@ -2,7 +2,9 @@
 sequential reference: outputs, final state and every gradient.
 
 Runs the Triton kernels on CPU through the interpreter (TRITON_INTERPRET=1, set in conftest),
-so sizes stay small. The segmented path (the length cut into pieces run in parallel, chosen on
+so sizes stay small; with GENOSSM_TEST_DEVICE=cuda and TRITON_INTERPRET=0
+(benchmarks/gpu_check.sh) compiled on the GPU, against the float64 reference on CPU
+(scan_harness). The segmented path (the length cut into pieces run in parallel, chosen on
 GPUs with few channels) is forced through ``_segment_length``.
 """
 
@@ -131,6 +133,7 @@ def test_rejects_cpu_without_interpreter_and_float64(monkeypatch):
         scan_s6_triton, _inputs(length=4, heads=2), monkeypatch)
 
 
+@harness.interpreter_only
 def test_gpu_benchmark_s6_smoke(capsys):
     """benchmarks/scan_gpu.py --s6 at tiny sizes on the interpreter: the segmented run (two
     segments) agrees with one pass."""

@@ -1,6 +1,8 @@
 """The triton scan backend against the float64 sequential reference, forward and backward.
 
-Runs the Triton kernels on CPU through the interpreter (TRITON_INTERPRET=1, set in conftest).
+Runs the Triton kernels on CPU through the interpreter (TRITON_INTERPRET=1, set in conftest);
+with GENOSSM_TEST_DEVICE=cuda and TRITON_INTERPRET=0 (benchmarks/gpu_check.sh) compiled on the
+GPU, against the float64 reference on CPU (scan_harness).
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def test_long_forward():
     x, dt, A, B, C, D = (inputs[k] for k in ("x", "dt", "A", "B", "C", "D"))
     want, want_f = selective_scan(x, dt, A, B, C, D, dt_softplus=True, return_final_state=True,
                                   backend="ref")
-    f = [t.float() for t in (x, dt, A, B, C, D)]
+    f = [t.to(harness.DEVICE, torch.float32) for t in (x, dt, A, B, C, D)]
     got, got_f = selective_scan(*f, dt_softplus=True, return_final_state=True, chunk_size=256,
                                 backend="triton")
     _close("y", got, want, 1e-4)
@@ -119,6 +121,7 @@ def test_rejects_cpu_without_interpreter_and_float64(monkeypatch):
         scan_triton, _inputs(batch=1, length=4, heads=2, groups=1), monkeypatch)
 
 
+@harness.interpreter_only
 def test_gpu_benchmark_smoke(capsys):
     """benchmarks/scan_gpu.py: --help, and every code path at tiny sizes on the interpreter,
     where the two backends must agree."""

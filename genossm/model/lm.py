@@ -42,6 +42,7 @@ import torch.nn as nn
 from genossm import alphabet
 from genossm.model.config import ModelConfig
 from genossm.model.mamba2 import Block, RMSNorm
+from genossm.ops.context_parallel import Shard
 
 
 @dataclass
@@ -168,10 +169,15 @@ class GenoSSM(nn.Module):
                 weight /= math.sqrt(cfg.n_layer)
 
     # --- public API -----------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, *, backend: str | None = None,
+                context_group=None) -> torch.Tensor:
         """tokens (b, l) int -> logits (b, l, vocab) of one whole pass. ``backend`` overrides
-        config.scan_backend."""
-        return self.head(self.hidden_states(tokens, backend=backend))
+        config.scan_backend. ``context_group`` (a torch.distributed process group): tokens
+        are this rank's shard of sequences split across the group's ranks in rank order, and
+        the logits those of the whole sequences at the shard's positions
+        (ops/context_parallel.py)."""
+        return self.head(self.hidden_states(tokens, backend=backend,
+                                            context_group=context_group))
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits from final hidden states (``hidden_states(..., layer=-1)``): the tied head, and
@@ -183,17 +189,22 @@ class GenoSSM(nn.Module):
         return self.lm_head(h)
 
     def hidden_states(self, tokens: torch.Tensor, layer: int = -1, *,
-                      backend: str | None = None) -> torch.Tensor:
+                      backend: str | None = None, context_group=None) -> torch.Tensor:
         """Residual stream after ``layer`` blocks: 0 is the embedding output, n_layer (or -1)
         the final, normalised output the head reads; negative indices count from the end.
         Shape (b, l, d_model), or (b, l, 2·d_model) for rc_equivariant models ([forward strand,
         reverse strand at forward coordinates in reversed channel order], Caduceus's layout;
-        ``strand_average`` gives the d_model-wide mean of the two)."""
+        ``strand_average`` gives the d_model-wide mean of the two). ``context_group``: as in
+        ``forward``."""
         index = self.layer_index(layer)
+        shard = None if context_group is None else Shard(context_group)
         if self.config.rc_equivariant:
+            if shard is not None:
+                raise ValueError("context parallelism does not split rc_equivariant models yet "
+                                 "(their reverse strand reads the shards last to first)")
             fwd, rev = self._both_strands(tokens, index, backend)
             return torch.cat([fwd, rev.flip(-1)], dim=-1)
-        return self._trunk(tokens, index, None, backend)[0]
+        return self._trunk(tokens, index, None, backend, shard=shard)[0]
 
     def step(self, tokens: torch.Tensor, state: ModelState, *, layer: int = -1,
              backend: str | None = None) -> StreamPiece:
@@ -279,7 +290,8 @@ class GenoSSM(nn.Module):
             return 0
         return cfg.checkpoint_segment_length or max(length, 1)
 
-    def _trunk(self, tokens, index, state, backend, outputs=None, keep=None, strands=False):
+    def _trunk(self, tokens, index, state, backend, outputs=None, keep=None, strands=False,
+               shard=None):
         """Embedding + blocks over one strand, or with ``strands`` over both (batch = forward
         rows then reverse rows, which ``rc_strand_swap`` exchanges before every block);
         returns (h after ``index`` blocks, final norm applied when index == n_layer; new state
@@ -319,7 +331,7 @@ class GenoSSM(nn.Module):
                     break
                 if strands and self.config.rc_strand_swap:
                     h = swap_strands(h)
-                h = block(h, backend=backend, checkpoint_length=ckpt)
+                h = block(h, backend=backend, checkpoint_length=ckpt, shard=shard)
             else:
                 h, (conv, ssm) = block(h, (state.conv[i], state.ssm[i]), return_state=True,
                                        backend=backend, checkpoint_length=ckpt)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from genossm.model.config import ModelConfig
 from genossm.model.mamba2 import causal_conv, init_dt_bias
 from genossm.ops import selective_scan
+from genossm.ops.selective_scan import log_decay
 
 
 def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
@@ -34,6 +35,8 @@ def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
 
 class Mamba1Mixer(nn.Module):
     """The Mamba-1 sequence mixer of one block (unidirectional, causal)."""
+
+    splits_across_ranks = True   # runs a shard in two phases (Block._mix_shard)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -73,13 +76,20 @@ class Mamba1Mixer(nn.Module):
         """Per-row shapes of (conv_state, ssm_state): (d_conv-1, d_inner), (d_inner, 1, n)."""
         return (cfg.d_conv - 1, cfg.d_inner), (cfg.d_inner, 1, cfg.d_state)
 
+    def conv_inputs(self, u):
+        """What the causal conv reads of u (b, l, d_model): x before the conv."""
+        return self.in_proj(u).chunk(2, dim=-1)[0]
+
     def forward(self, u, conv_state=None, ssm_state=None, *, return_state=False,
-                backend=None):
+                backend=None, summary=False):
         """u: (b, l, d_model) -> (b, l, d_model); with ``return_state`` also returns the new
-        (conv_state, ssm_state). Missing states mean "start of sequence" (zeros)."""
+        (conv_state, ssm_state). Missing states mean "start of sequence" (zeros). With
+        ``summary`` (the first phase of a shard, mamba2.Block._mix_shard) it returns the new
+        (conv_state, ssm_state, log total decay of u) and no outputs."""
         cfg = self.cfg
         n, rank = cfg.d_state, cfg.resolved_dt_rank
         x, z = self.in_proj(u).chunk(2, dim=-1)
+        return_state = return_state or summary
         x, new_conv_state = causal_conv(x, self.conv1d, conv_state, return_state)
         x = F.silu(x)                                                 # (b, l, d_inner)
         dt, B, C = torch.split(self.x_proj(x), [rank, n, n], dim=-1)
@@ -87,15 +97,18 @@ class Mamba1Mixer(nn.Module):
         A = -torch.exp(_at_least_float32(self.A_log))                 # (d_inner, n)
         dt_hi = math.inf if cfg.dt_limit_max is None else cfg.dt_limit_max
         # The scan is not autocast: it computes in (at least) float32, its state is float32.
+        step = dict(dt_bias=_at_least_float32(self.dt_proj.bias), dt_softplus=True,
+                    dt_limit=(cfg.dt_limit_min, dt_hi))
         with torch.autocast(u.device.type, enabled=False):
             out = selective_scan(
                 x[..., None], _at_least_float32(dt), A, B[:, :, None], C[:, :, None],
-                _at_least_float32(self.D), dt_bias=_at_least_float32(self.dt_proj.bias),
-                dt_softplus=True, dt_limit=(cfg.dt_limit_min, dt_hi),
+                _at_least_float32(self.D), **step,
                 initial_state=None if ssm_state is None else _at_least_float32(ssm_state),
                 return_final_state=return_state, chunk_size=cfg.chunk_size,
                 backend=backend or cfg.scan_backend)
             y, new_ssm_state = out if return_state else (out, None)
+            if summary:
+                return new_conv_state, new_ssm_state, log_decay(_at_least_float32(dt), A, **step)
             y = y[..., 0] * F.silu(z.to(y.dtype))
         y = self.out_proj(y.to(z.dtype))
         if return_state:

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from genossm.model.config import ModelConfig
 from genossm.ops import selective_scan
+from genossm.ops.selective_scan import log_decay
 
 
 class RMSNorm(nn.Module):
@@ -81,6 +82,8 @@ def init_dt_bias(bias: torch.Tensor, cfg: ModelConfig) -> None:
 class Mamba2Mixer(nn.Module):
     """The sequence mixer of one block (unidirectional, causal)."""
 
+    splits_across_ranks = True   # runs a shard in two phases (Block._mix_shard)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -113,15 +116,23 @@ class Mamba2Mixer(nn.Module):
         """Per-row shapes of (conv_state, ssm_state): (d_conv-1, conv_dim), (h, p, n)."""
         return (cfg.d_conv - 1, cfg.conv_dim), (cfg.n_heads, cfg.headdim, cfg.d_state)
 
+    def conv_inputs(self, u):
+        """What the causal conv reads of u (b, l, d_model): x, B and C before the conv."""
+        cfg = self.cfg
+        return torch.split(self.in_proj(u), [cfg.d_inner, cfg.conv_dim, cfg.n_heads],
+                           dim=-1)[1]
+
     def forward(self, u, conv_state=None, ssm_state=None, *, return_state=False,
-                backend=None):
+                backend=None, summary=False):
         """u: (b, l, d_model) -> (b, l, d_model); with ``return_state`` also returns the new
-        (conv_state, ssm_state). Missing states mean "start of sequence" (zeros)."""
+        (conv_state, ssm_state). Missing states mean "start of sequence" (zeros). With
+        ``summary`` (the first phase of a shard, Block._mix_shard) it returns the new
+        (conv_state, ssm_state, log total decay of u) and no outputs."""
         cfg = self.cfg
         b, length, _ = u.shape
         h, p, g, n = cfg.n_heads, cfg.headdim, cfg.n_groups, cfg.d_state
         z, xBC, dt = torch.split(self.in_proj(u), [cfg.d_inner, cfg.conv_dim, h], dim=-1)
-
+        return_state = return_state or summary
         acc, new_conv_state = causal_conv(xBC, self.conv1d, conv_state, return_state)
         xBC = F.silu(acc)                                             # (b, l, conv_dim)
 
@@ -133,14 +144,17 @@ class Mamba2Mixer(nn.Module):
         dt_hi = math.inf if cfg.dt_limit_max is None else cfg.dt_limit_max
         # Under autocast, x/B/C may arrive in bf16; the scan itself must not be autocast (its
         # backends compute in float32 and keep the state in float32).
+        step = dict(dt_bias=self.dt_bias.float(), dt_softplus=True,
+                    dt_limit=(cfg.dt_limit_min, dt_hi))
         with torch.autocast(u.device.type, enabled=False):
             out = selective_scan(
-                x, dt.float(), A, B, C, self.D.float(), dt_bias=self.dt_bias.float(),
-                dt_softplus=True, dt_limit=(cfg.dt_limit_min, dt_hi),
+                x, dt.float(), A, B, C, self.D.float(), **step,
                 initial_state=None if ssm_state is None else ssm_state.float(),
                 return_final_state=return_state, chunk_size=cfg.chunk_size,
                 backend=backend or cfg.scan_backend)
         y, new_ssm_state = out if return_state else (out, None)
+        if summary:
+            return new_conv_state, new_ssm_state, log_decay(dt.float(), A, **step)
         y = y.reshape(b, length, cfg.d_inner)
         y = self.out_proj(self.norm(y, z).to(z.dtype))
         if return_state:
@@ -202,9 +216,20 @@ class Block(nn.Module):
         """The block's distinct mixers (one, or two with a separate ``mixer_rev``)."""
         return [self.mixer] + ([self.mixer_rev] if hasattr(self, "mixer_rev") else [])
 
-    def forward(self, h, state=None, *, return_state=False, backend=None, checkpoint_length=0):
+    def forward(self, h, state=None, *, return_state=False, backend=None, checkpoint_length=0,
+                shard=None):
         """h (b, l, d_model) -> h + mix; with ``return_state`` also the new (conv, ssm) state.
-        ``state`` is a (conv_state, ssm_state) pair or None (start of sequence)."""
+        ``state`` is a (conv_state, ssm_state) pair or None (start of sequence). ``shard``
+        (ops/context_parallel.py): h is this rank's shard of sequences split across ranks,
+        mixed in two phases (``_mix_shard``); the reverse mixer of a bidirectional block reads
+        the shards last to first."""
+        if shard is not None:
+            if not all(getattr(m, "splits_across_ranks", False) for m in self.mixers()):
+                raise ValueError("context parallelism splits Mamba-1 and Mamba-2 blocks; this "
+                                 f"model has {type(self.mixer).__name__} blocks")
+            if return_state or state is not None:
+                raise ValueError("a shard of a sequence split across ranks is one whole pass; "
+                                 "it is not streamed")
         if self.cfg.bidirectional:
             if return_state or state is not None:
                 raise ValueError("a bidirectional block cannot be streamed")
@@ -212,7 +237,11 @@ class Block(nn.Module):
                 y, _ = self._mix(self.mixer, h, None, False, backend,
                                  max(h.shape[1], 1) if checkpoint_length > 0 else 0)
                 return h + y
-            if not hasattr(self, "mixer_rev"):
+            if shard is not None:   # each way its own shard order
+                fwd = self._mix_shard(self.mixer, h, backend, checkpoint_length, shard)
+                rev = self._mix_shard(getattr(self, "mixer_rev", self.mixer), h.flip(1),
+                                      backend, checkpoint_length, shard.reversed())
+            elif not hasattr(self, "mixer_rev"):   # one batched call
                 both, _ = self._mix(self.mixer, torch.cat([h, h.flip(1)], dim=0), None, False,
                                     backend, checkpoint_length)
                 fwd, rev = both.chunk(2, dim=0)
@@ -221,6 +250,8 @@ class Block(nn.Module):
                 rev, _ = self._mix(self.mixer_rev, h.flip(1), None, False, backend,
                                    checkpoint_length)
             return h + fwd + rev.flip(1)
+        if shard is not None:
+            return h + self._mix_shard(self.mixer, h, backend, checkpoint_length, shard)
         y, new_state = self._mix(self.mixer, h, state, return_state, backend, checkpoint_length)
         return (h + y, new_state) if return_state else h + y
 
@@ -230,15 +261,44 @@ class Block(nn.Module):
                     backend=backend)
         return out if return_state else (out, None)
 
+    def _summary_piece(self, mixer, h, conv_state, ssm_state, backend):
+        return mixer(self.norm(h), conv_state, ssm_state, backend=backend, summary=True)
+
+    @staticmethod
+    def _segments(length: int, checkpoint_length: int) -> list[slice]:
+        """The positions of each checkpointed segment (one, whole, when not checkpointing)."""
+        step = checkpoint_length if checkpoint_length > 0 else max(length, 1)
+        return [slice(start, start + step) for start in range(0, max(length, 1), step)]
+
     def _mix(self, mixer, h, state, return_state, backend, checkpoint_length):
         if checkpoint_length <= 0:
             return self._mix_piece(mixer, h, state, return_state, backend)
-        length = h.shape[1]
+        segments = self._segments(h.shape[1], checkpoint_length)
         outs = []
-        for start in range(0, max(length, 1), checkpoint_length):
-            last = start + checkpoint_length >= length
-            y, state = checkpoint(self._mix_piece, mixer, h[:, start:start + checkpoint_length],
-                                  state, return_state or not last, backend,
-                                  use_reentrant=False)
+        for i, segment in enumerate(segments):
+            last = i == len(segments) - 1
+            y, state = checkpoint(self._mix_piece, mixer, h[:, segment], state,
+                                  return_state or not last, backend, use_reentrant=False)
             outs.append(y)
         return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), state
+
+    def _mix_shard(self, mixer, h, backend, checkpoint_length, shard):
+        """The mix of this rank's shard of sequences split across ranks, in the two phases of
+        ops/context_parallel.py: the shard from a zero SSM state, keeping only its final state
+        and log total decay; the exchange, giving the state the shards before it leave; the
+        shard again from that state. The conv starts from the last inputs of the shard before
+        (the halo) in both. Each phase runs in checkpointed segments like ``_mix``."""
+        width = self.cfg.d_conv - 1
+        conv = None
+        if width:
+            conv = shard.halo(mixer.conv_inputs(self.norm(h[:, max(h.shape[1] - width, 0):])),
+                              width)
+        conv_state, ssm_state, decay = conv, None, 0.0
+        for segment in self._segments(h.shape[1], checkpoint_length):
+            piece = (mixer, h[:, segment], conv_state, ssm_state, backend)
+            conv_state, ssm_state, piece_decay = (
+                checkpoint(self._summary_piece, *piece, use_reentrant=False)
+                if checkpoint_length > 0 else self._summary_piece(*piece))
+            decay = decay + piece_decay
+        start = shard.incoming_state(ssm_state, decay)
+        return self._mix(mixer, h, (conv, start), False, backend, checkpoint_length)[0]

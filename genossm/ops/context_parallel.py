@@ -1,34 +1,56 @@
-"""One sequence's scan split across processes (context parallelism), exactly.
+"""One sequence split across processes (context parallelism), exactly: what crosses between
+the ranks.
 
 Each rank of a process group holds a contiguous shard of the sequence, ranks in order of
 position (``reverse``: in reverse order, for the reverse pass of a bidirectional model, which
-reads the shards last to first). The scan is linear in its state, so it splits in two passes:
+reads the shards last to first). A mixer's scan is linear in its state, so a block splits in
+two phases (model/mamba2.py ``Block``):
 
-1. every rank scans its shard from a zero state: the shard's output ``y_local`` and final
-   state ``S_local``, and its total decay ``T`` (exp of the summed dt·A: a value per head, or
-   per (channel, state) for Mamba-1);
-2. the ranks exchange (S_local, T), which are fixed-size (batch × heads × headdim × d_state),
+1. every rank runs its shard from a zero SSM state, keeping only the final state ``S_r`` and
+   the log of the total decay ``log T_r`` (sum of dt·A: a value per head, or per (channel,
+   state) for Mamba-1; selective_scan.log_decay);
+2. the ranks exchange (S_r, T_r), which are fixed-size (batch × heads × headdim × d_state),
    never the length; each rank folds those of the shards before it into the state its shard
-   starts from, S_in = T_{r-1} (... (T_1 S_0 + S_1) ...) + S_{r-1}, and adds what S_in
-   contributes to its outputs: the scan of a zero input from S_in (y = C·h; h decays only).
+   starts from, S_in = T_{r-1} (... (T_1 S_0 + S_1) ...) + S_{r-1} (``incoming_state``), and
+   runs its shard again from S_in: the outputs of the whole sequence at its positions.
 
-Pass 2 costs one more scan of a zero input per layer (whichever backend, so both mixers and
-every backend are exact alike), and the exchange is one all-gather of the fixed-size states
-per layer, whatever the length. The all-gather has a backward (one all-reduce of the same
-size) that returns each state's gradient to the rank that made it: gradients are exact too.
-Every rank computes the fold redundantly from the gathered states; with R ranks that is R
-states, small next to a shard. Every rank takes part in every collective, forward and
-backward, in the same order (a rank whose shard reads nothing gathered still joins the
-backward all-reduce), so that none waits on another.
-
-``halo`` gives each rank the last positions of the shard before it: the causal convolution's
-d_conv - 1 inputs that cross a shard boundary.
+The causal convolution's d_conv - 1 inputs before a shard come from the rank before it
+(``halo``). Both phases run in checkpointed segments, like a block on one device, so memory per
+rank is that of its shard. The exchange is one all-gather of R fixed-size states per layer
+whatever the length; it has a backward (one all-reduce of the same size) that returns each
+state's gradient to the rank that made it, so gradients are exact too. Every rank computes
+the fold redundantly, and takes part in every collective, forward and backward, in the same
+order (a rank whose shard reads nothing gathered still joins the backward all-reduce), so that
+none waits on another.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This rank's place in a sequence split across the ranks of ``group``: its inputs are a
+    contiguous shard, the shards in rank order (``reverse``: read last to first, as the
+    reverse pass of a bidirectional model reads them)."""
+    group: object
+    reverse: bool = False
+
+    def reversed(self) -> Shard:
+        """The same shard as the reverse pass reads it (flipped)."""
+        return Shard(self.group, not self.reverse)
+
+    def halo(self, x, width: int):
+        """The ``width`` positions before this shard (zeros before the first): halo()."""
+        return halo(x, width, self.group, reverse=self.reverse)
+
+    def incoming_state(self, final_state, log_decay):
+        """The state this shard starts from: incoming_state()."""
+        return incoming_state(final_state, log_decay, self.group, reverse=self.reverse)
 
 
 def _place(group, reverse: bool) -> tuple[int, int]:
@@ -63,19 +85,12 @@ def gather_in_reading_order(tensor, group, *, reverse: bool = False):
     return gathered.flip(0) if reverse else gathered
 
 
-def total_decay(dt, A):
-    """exp(sum over the shard of dt·A): (b, h) for A (h,), (b, h, n) for A (h, n); dt already
-    preprocessed, (b, l, h)."""
-    summed = dt.sum(1)
-    return torch.exp(summed[..., None] * A if A.dim() == 2 else summed * A)
-
-
-def incoming_state(final_state, decay, group, *, reverse: bool = False):
-    """The state this rank's shard starts from: the fold of every earlier shard's (final state
-    from zero, total decay), gathered from their ranks in one collective; zeros on the first
-    shard."""
+def incoming_state(final_state, log_decay, group, *, reverse: bool = False):
+    """The state this rank's shard starts from: the fold of every earlier shard's final state
+    from a zero state and log total decay (selective_scan.log_decay), gathered from their ranks
+    in one collective; zeros on the first shard."""
     index, _ = _place(group, reverse)
-    decay = _as_state(decay).expand_as(final_state)
+    decay = _as_state(torch.exp(log_decay)).expand_as(final_state)
     gathered = gather_in_reading_order(torch.stack([final_state, decay]), group,
                                        reverse=reverse)
     state = torch.zeros_like(final_state)
@@ -88,23 +103,6 @@ def incoming_state(final_state, decay, group, *, reverse: bool = False):
 def _as_state(decay):
     """A total decay (b, h) or (b, h, n) shaped like a state (b, h, p, n)."""
     return decay[..., None, None] if decay.dim() == 2 else decay[:, :, None, :]
-
-
-def scan_shard(fn, x, dt, A, B, C, D, *, group, reverse: bool = False, chunk_size: int,
-               return_final_state: bool = False):
-    """The scan of this rank's shard as part of the whole sequence (module docstring), by the
-    backend ``fn`` (selective_scan's signature, dt preprocessed). Returns (y, final state of
-    the whole sequence so far, i.e. at the end of this shard, or None)."""
-    y, local = fn(x, dt, A, B, C, D, initial_state=None, return_final_state=True,
-                  chunk_size=chunk_size)
-    decay = total_decay(dt.to(local.dtype), A.to(local.dtype))
-    start = incoming_state(local, decay, group, reverse=reverse)
-    carried, final = fn(torch.zeros_like(x), dt, A, B, C, None, initial_state=start,
-                        return_final_state=return_final_state, chunk_size=chunk_size)
-    y = y + carried
-    if return_final_state:
-        final = final + local
-    return y, final
 
 
 def halo(x, width: int, group, *, reverse: bool = False):

@@ -67,9 +67,31 @@ def _check_shapes(x, dt, A, B, C, D, initial_state, dt_bias=None):
         raise ValueError(f"dt_bias must be ({heads},), got {tuple(dt_bias.shape)}")
 
 
+def preprocess_dt(dt, dt_bias=None, dt_softplus=False, dt_limit=(0.0, math.inf)):
+    """dt' = clamp(softplus(dt + dt_bias)) (each step as asked), at least float32: the step
+    the scan decays and injects by."""
+    dt = dt.to(torch.promote_types(dt.dtype, torch.float32))
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dt.dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    lo, hi = dt_limit
+    if lo > 0.0 or hi < math.inf:
+        dt = dt.clamp(min=lo, max=hi)
+    return dt
+
+
+def log_decay(dt, A, *, dt_bias=None, dt_softplus=False, dt_limit=(0.0, math.inf)):
+    """The log of the scan's total decay over the length: sum over t of dt'_t A, (b, h) for A
+    (h,), (b, h, n) for A (h, n); exp of it maps the state before the sequence to its part in
+    the state after (what a split scan carries across ranks: ops/context_parallel.py)."""
+    summed = preprocess_dt(dt, dt_bias, dt_softplus, dt_limit).sum(1)
+    return summed[..., None] * A if A.dim() == 2 else summed * A
+
+
 def selective_scan(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=False,
                    dt_limit=(0.0, math.inf), initial_state=None, return_final_state=False,
-                   chunk_size=256, backend="auto", context_group=None, context_reverse=False):
+                   chunk_size=256, backend="auto"):
     """Selective state-space scan.
 
     h_t = exp(dt'_t A) h_{t-1} + dt'_t x_t ⊗ B_t,   y_t = h_t · C_t + D x_t, with
@@ -85,33 +107,12 @@ def selective_scan(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=False,
     form of the SSD backends, so ``torch`` and ``triton`` have their own S6 implementations
     (:mod:`genossm.ops.scan_s6_chunked`, :mod:`genossm.ops.scan_s6_triton`) behind the same
     signature.
-
-    ``context_group`` (a torch.distributed process group): the inputs are this rank's shard
-    of one sequence split across the group's ranks in rank order (``context_reverse``: in
-    reverse order), and the scan is that of the whole sequence
-    (:mod:`genossm.ops.context_parallel`); the final state is the one at the end of this
-    shard.
     """
     _check_shapes(x, dt, A, B, C, D, initial_state, dt_bias)
-    dt = dt.to(torch.promote_types(dt.dtype, torch.float32))
-    if dt_bias is not None:
-        dt = dt + dt_bias.to(dt.dtype)
-    if dt_softplus:
-        dt = F.softplus(dt)
-    lo, hi = dt_limit
-    if lo > 0.0 or hi < math.inf:
-        dt = dt.clamp(min=lo, max=hi)
+    dt = preprocess_dt(dt, dt_bias, dt_softplus, dt_limit)
     if backend == "auto":
         backend = "triton" if x.is_cuda else "torch"
     fn = _backend_fn(backend, per_state=A.dim() == 2)
-    if context_group is not None:
-        if initial_state is not None:
-            raise ValueError("a scan split across ranks starts from a zero state")
-        from genossm.ops.context_parallel import scan_shard
-        y, final_state = scan_shard(fn, x, dt, A, B, C, D, group=context_group,
-                                    reverse=context_reverse, chunk_size=chunk_size,
-                                    return_final_state=return_final_state)
-        return (y, final_state) if return_final_state else y
     y, final_state = fn(x, dt, A, B, C, D, initial_state=initial_state,
                         return_final_state=return_final_state, chunk_size=chunk_size)
     return (y, final_state) if return_final_state else y
