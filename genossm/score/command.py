@@ -118,18 +118,15 @@ def score_vcf(vcf, *, fasta, model_dir, output, table=None, window: int = DEFAUL
             staged_vcf = None if table_only else staged.file(output)   # renamed into place last
             records = map(annotate, source)
             if left_context is None:
-                bar = tqdm(total=n_records, unit=" records", desc="score",
-                           disable=not progress)
-                scored, advance = _in_batches(records, scorer), _one
+                scored = _in_batches(records, scorer)
             else:
-                bar = tqdm(unit=" variants", desc="score", disable=not progress)
                 scored = ContextScorer(model, reference, resolver, left_context=left_context,
                                        batch_size=batch_size, rc_average=scorer.rc_average,
                                        piece_length=piece_length)(records)
-                advance = _alleles
-            with bar:
+            with tqdm(total=source.alt_alleles, unit=" variants", desc="score",
+                      disable=not progress) as bar:
                 tally = _write(scored, header, staged_vcf, staged_table,
-                               source.extra_columns, bar, advance)
+                               source.extra_columns, bar)
             if not table_only:
                 with quiet_htslib():   # not a word about POS 0 (telomere) records
                     pysam.tabix_index(str(staged_vcf), preset="vcf", force=True,
@@ -222,19 +219,11 @@ def _in_batches(records: Iterable[Record], scorer: Scorer) -> Iterator[Record]:
         yield from batch
 
 
-def _one(record: Record) -> int:
-    return 1
-
-
-def _alleles(record: Record) -> int:
-    return len(record.alts)
-
-
 def _write(records: Iterable[Record], header: list[bytes] | None, vcf_path: Path | None,
-           table_path: Path, extra_columns, bar: tqdm, advance) -> _Tally:
+           table_path: Path, extra_columns, bar: tqdm) -> _Tally:
     """Write every scored record, in order, to the VCF (bgzipped, after ``header``; none for a
-    variant table) and the table (with a variant table's ``extra_columns``); the bar moves on
-    by ``advance(record)``."""
+    variant table) and the table (with a variant table's ``extra_columns``); the bar counts
+    ALT alleles (variants/s)."""
     tally = _Tally()
     with ExitStack() as stack:
         out = None if vcf_path is None else stack.enter_context(pysam.BGZFile(str(vcf_path),
@@ -248,5 +237,5 @@ def _write(records: Iterable[Record], header: list[bytes] | None, vcf_path: Path
                 out.write(annotated_line(record) + b"\n")
             tsv.writelines(row + "\n" for row in table_rows(record))
             tally.add(record)
-            bar.update(advance(record))
+            bar.update(len(record.alts))
     return tally

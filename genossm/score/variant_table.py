@@ -133,14 +133,16 @@ class VariantTable:
 
     def check(self) -> int:
         """Read every row and check their order (variants.check_order); returns their
-        number."""
-        line_of: dict[int, int] = {}
+        number, and counts their ALT alleles (``alt_alleles``)."""
+        line = [0]   # the line of the row being checked: where an error is
+        self.alt_alleles = 0
 
         def sites():
-            for number, line_number, fields, _ in self._rows():
-                line_of[number] = line_number
+            for number, line[0], fields, _ in self._rows():
+                alt = fields[self.key["alt"]]
+                self.alt_alleles += 0 if alt in ("", ".") else alt.count(",") + 1
                 yield number, fields[self.key["chrom"]], int(fields[self.key["pos"]])
-        return check_order(self.path, sites(), lambda n: self._place(line_of[n]))
+        return check_order(self.path, sites(), lambda n: self._place(line[0]))
 
     def __iter__(self) -> Iterator[Record]:
         for number, _, fields, line in self._rows():

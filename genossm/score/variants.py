@@ -311,9 +311,15 @@ class VariantSource:
                 vf.close()
 
     def check(self) -> int:
-        """Parse every record and check their order (check_order); returns their number."""
-        return check_order(self.path, ((n, site.chrom, site.pos)
-                                       for n, site, _ in self._records()), self._place)
+        """Parse every record and check their order (check_order); returns their number, and
+        counts their ALT alleles (``alt_alleles``)."""
+        self.alt_alleles = 0
+
+        def sites():
+            for n, site, _ in self._records():
+                self.alt_alleles += len(site.alts)
+                yield n, site.chrom, site.pos
+        return check_order(self.path, sites(), self._place)
 
     def __iter__(self) -> Iterator[Record]:
         for number, site, line in self._records():
