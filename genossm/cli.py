@@ -46,6 +46,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_INPUT_ERROR, f"genossm: error: {message} (see {self.prog} --help)\n")
 
 
+# score's and embed's reference (genossm.reference.Reference reads each of these)
+REFERENCE_HELP = ("reference: FASTA (plain or bgzipped; indexed, or indexed on the fly), UCSC "
+                  "2bit, or a GenBank/EMBL flat file (read into memory)")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -349,7 +354,7 @@ def _add_score(sub) -> None:
                    help="VCF (plain, gzip or bgzip) or BCF, or a variant table (TSV); - reads "
                         "standard input")
     p.add_argument("--fasta", required=True, type=Path, metavar="FA",
-                   help="reference FASTA, plain or bgzipped, faidx-indexed")
+                   help=REFERENCE_HELP)
     p.add_argument("--model", dest="model_dir", required=True, type=Path, metavar="MODEL_DIR",
                    help="a genossm model directory, or a checkpoint directory that genossm "
                         "convert reads (converted in memory)")
@@ -482,7 +487,7 @@ def _add_embed(sub) -> None:
                    help="a genossm model directory, or a checkpoint directory that genossm "
                         "convert reads (converted in memory)")
     p.add_argument("--fasta", required=True, type=Path, metavar="FA",
-                   help="indexed FASTA, plain or bgzipped")
+                   help=REFERENCE_HELP)
     p.add_argument("--bed", type=Path, metavar="BED",
                    help="regions: chrom, start, end[, name, score, strand]; strand - embeds "
                         "the reverse complement (not given: every FASTA record, whole)")

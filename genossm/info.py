@@ -12,7 +12,7 @@ def store_summary(path) -> dict:
     contigs = [{"name": c.name, "length": c.length, "n_count": c.n_count,
                 "iupac_count": c.iupac_count,
                 "softmasked_fraction": c.softmasked / c.length if c.length else 0.0,
-                "md5": c.md5} for c in store.contigs]
+                "md5": c.md5, "topology": c.topology} for c in store.contigs]
     return {
         "path": str(store.path),
         "format": store.meta["format"],
@@ -33,10 +33,14 @@ def format_summary(s: dict) -> str:
              f"alphabet {s['alphabet']})",
              f"sources: {', '.join(s['sources'])}", ""]
     width = max([len("contig")] + [len(c["name"]) for c in s["contigs"]])
-    lines.append(f"{'contig':<{width}}  {'length':>13}  {'N':>11}  {'soft-masked':>11}")
+    # topology: a column only when an input stated one (GenBank/EMBL); "-" where not stated
+    topology = any(c["topology"] for c in s["contigs"])
+    lines.append(f"{'contig':<{width}}  {'length':>13}  {'N':>11}  {'soft-masked':>11}"
+                 + ("  topology" if topology else ""))
     for c in s["contigs"]:
         lines.append(f"{c['name']:<{width}}  {c['length']:>13,}  {c['n_count']:>11,}  "
-                     f"{c['softmasked_fraction']:>11.2%}")
+                     f"{c['softmasked_fraction']:>11.2%}"
+                     + (f"  {c['topology'] or '-'}" if topology else ""))
     lines.append("")
     lines.append(f"{len(s['contigs'])} contigs, {s['total_bases']:,} bases "
                  f"({s['total_n']:,} N); {s['reads']:,} reads, {s['read_bases']:,} read bases")

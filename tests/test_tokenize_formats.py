@@ -18,6 +18,7 @@ from Bio.Seq import Seq
 
 from genossm import alphabet
 from genossm.cli import main
+from genossm.info import format_summary, store_summary
 from genossm.regions import read_bed
 from genossm.store import TokenStore
 from helpers import ROOT, fasta_records, files, one_error_line
@@ -102,6 +103,10 @@ def test_a_large_genbank_file_and_an_embl_without_topology(tmp_path):
     assert_contig(store, "U87107.1", sequence_lines(GENE_EMBL), topology=None)
     attrs = store.group[f"contigs/{store.contig_index['U87107.1']}"].attrs
     assert "topology" not in attrs       # not stated: not recorded
+    shown = format_summary(store_summary(store.path)).splitlines()
+    assert shown[3].endswith("topology")
+    assert shown[4].startswith("NC_000932.1") and shown[4].endswith("  circular")
+    assert shown[5].startswith("U87107.1") and shown[5].endswith("  -")
 
 
 @pytest.mark.parametrize("path", TWOBITS, ids=["little-endian", "big-endian"])
