@@ -3,10 +3,11 @@ sliding-window attention hybrid ("mmmA"), each trained for the same wall time on
 slice (real human sequence) and evaluated on its held-out last 5 % (100 kb), against the
 best order-k Markov baseline fitted on the rest.
 
-The models share the default config (config/models/small.yaml: windows of 512, batch 8, its
-learning-rate schedule) and are sized alike, about 100-130 k parameters: d_model 64, 4 layers,
-d_state 16. Each run's max_steps is set from its own step rate (measured over a short run
-first), so that every schedule anneals within the budget; the budget (--max-time) stops it.
+The models are the example configs config/models/{mamba2,mamba1,s4d,hybrid}.yaml: the default
+schedule (config/models/small.yaml's: windows of 512, batch 8), sized alike, about 100-130 k
+parameters (d_model 64, 4 layers, d_state 16). Each run's max_steps is set from its own step
+rate (measured over a short run first), so that every schedule anneals within the budget; the
+budget (max_time) stops it otherwise.
 
 Usage: python benchmarks/mixers.py [--minutes 4] [--threads 2] [--models mamba2 mamba1 s4d
        hybrid]
@@ -28,21 +29,13 @@ from genossm.train import load_train_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CHR20 = ROOT / "config" / "data" / "chr20_b37_1-2000000.fa.gz"
-DEFAULT = ROOT / "config" / "models" / "small.yaml"
-SHAPE = dict(d_model=64, n_layer=4, d_state=16, expand=2, chunk_size=64, objective="clm")
-MODELS = {
-    "mamba2": dict(mixer="mamba2", headdim=32),
-    "mamba1": dict(mixer="mamba1"),
-    "s4d": dict(mixer="s4d"),
-    "hybrid": dict(mixer="mamba2", headdim=32, attention_every=4, attention_window=512,
-                   attention_heads=4),
-}
+MODELS = ("mamba2", "mamba1", "s4d", "hybrid")   # config/models/NAME.yaml
 
 
-def run_config(base, model: dict, **schedule):
-    """The default train config with this model (on SHAPE) and schedule values."""
-    return base.__class__.from_dict({**base.to_dict(), "model": {**SHAPE, **model},
-                                     **schedule})
+def run_config(name: str, **schedule):
+    """The example config of model ``name`` with these schedule values."""
+    cfg = load_train_config(ROOT / "config" / "models" / f"{name}.yaml")
+    return cfg.__class__.from_dict({**cfg.to_dict(), **schedule})
 
 
 def steps_per_s(store: Path, cfg, tmp: Path, steps: int = 12) -> float:
@@ -59,10 +52,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    base = load_train_config(DEFAULT)
+    base = run_config(MODELS[0])
     budget = args.minutes * 60
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -75,11 +68,10 @@ def main() -> None:
               "model - Markov |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for name in args.models:
-            rate = steps_per_s(store, run_config(base, MODELS[name]), tmp)
+            rate = steps_per_s(store, run_config(name), tmp)
             steps = max(20, int(rate * budget))
-            cfg = run_config(base, MODELS[name], max_steps=steps, max_time=budget,
-                             checkpoint_every=steps, eval_every=0,
-                             warmup_steps=min(base.warmup_steps, steps // 10))
+            cfg = run_config(name, max_steps=steps, max_time=budget, checkpoint_every=steps,
+                             eval_every=0, warmup_steps=min(base.warmup_steps, steps // 10))
             out = tmp / name
             s = train([store], out, cfg, force=True, progress=False)
             m = evaluate(out, store, tmp / f"{name}.json", plots_dir=tmp / f"{name}_plots",

@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 from genossm import train as train_module
 from genossm.cli import main
 from genossm.errors import InputError
-from genossm.model import ModelDir, load_model, read_model_info
-from genossm.train import TrainConfig, learning_rate, sequence_length, train
-from helpers import CHR20, EX1_BAM, LAMBDA
+from genossm.model import GenoSSM, ModelDir, load_model, read_model_info
+from genossm.train import TrainConfig, learning_rate, load_train_config, sequence_length, train
+from helpers import CHR20, EX1_BAM, LAMBDA, ROOT
 
 TINY = {"d_model": 32, "n_layer": 2, "d_state": 8, "headdim": 16, "chunk_size": 32}
 
@@ -260,6 +260,24 @@ def test_context_parallel_two_ranks_equal_one_process(stores, tmp_path):
     assert [x[2] for x in losses(tmp_path / "cp")] == \
         pytest.approx([x[2] for x in losses(tmp_path / "single")], rel=1e-5)
     assert_same_weights(tmp_path / "cp", tmp_path / "single", rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, blocks", [("mamba2", "mmmm"), ("mamba1", "1111"),
+                                          ("s4d", "ssss"), ("hybrid", "mmmA")])
+def test_example_configs_build_their_architecture_and_train(name, blocks, stores, tmp_path):
+    """config/models/{mamba2,mamba1,s4d,hybrid}.yaml (the four of BENCHMARKS.md's equal-time
+    comparison): the blocks each names, about the same size, and two training steps on real
+    DNA through the command line."""
+    path = ROOT / "config" / "models" / f"{name}.yaml"
+    cfg = load_train_config(path)
+    mark = {"Mamba2Mixer": "m", "Mamba1Mixer": "1", "S4DMixer": "s", "AttentionMixer": "A"}
+    model = GenoSSM(cfg.model)
+    assert "".join(mark[type(b.mixer).__name__] for b in model.layers) == blocks
+    assert 100_000 <= model.num_parameters() <= 135_000
+    assert main(["train", str(stores["lambda"]), "-o", str(tmp_path / name), "--config",
+                 str(path), "--max-steps", "2", "--seq-len", "128", "-q", "--device",
+                 "cpu"]) == 0
+    assert [x[:2] for x in losses(tmp_path / name) if x[0] == "train"][-1] == ("train", 2)
 
 
 def test_cli_refusals(stores, tmp_path, capsys):
