@@ -9,22 +9,36 @@ parameters (d_model 64, 4 layers, d_state 16). Each run's max_steps is set from 
 rate (measured over a short run first), so that every schedule anneals within the budget; the
 budget (max_time) stops it otherwise.
 
+``--memory``: for each model, in a fresh process each, the peak RSS above its baseline of one
+training step (forward + backward, gradient checkpointing in the config's segments) over one
+sequence of 2^20 bases, and of streaming 2^20 bases through ``model.stream`` in pieces of
+65,536 under no_grad (the attention blocks carry their window of keys and values), with
+large allocations through mmap so that RSS follows the live tensors.
+
 Usage: python benchmarks/mixers.py [--minutes 4] [--threads 2] [--models mamba2 mamba1 s4d
        hybrid]
+       python benchmarks/mixers.py --memory [--length 1048576]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import resource
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
+os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")   # for the spawned --memory processes
+
 import torch
+import torch.nn.functional as F
 
 from genossm.cli import main as genossm_main
 from genossm.evaluate import evaluate
-from genossm.model import ModelDir
+from genossm.model import GenoSSM, ModelDir
 from genossm.train import load_train_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +62,62 @@ def steps_per_s(store: Path, cfg, tmp: Path, steps: int = 12) -> float:
     return statistics.median(rates) / (cfg.batch_size * cfg.seq_len)
 
 
+def rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_case(name: str, part: str, length: int, threads: int, results) -> None:
+    """One measurement in this (spawned) process: ``part`` "train" or "stream"."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = GenoSSM(dataclasses.replace(run_config(name).model, gradient_checkpointing=True))
+    tokens = torch.randint(0, 4, (1, length + 1), generator=torch.Generator().manual_seed(1))
+    base = rss_mib()
+    start = time.perf_counter()
+    if part == "train":
+        model.train()
+        logits = model(tokens[:, :-1])
+        F.cross_entropy(logits.float()[0], tokens[0, 1:]).backward()
+    else:
+        model.eval()
+        with torch.no_grad():
+            for _ in model.stream(tokens[:, :length].split(65_536, dim=1)):
+                pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results.put((peak - base, time.perf_counter() - start))
+
+
+def memory(args) -> None:
+    """The --memory table (module docstring)."""
+    context = torch.multiprocessing.get_context("spawn")
+    print(f"peak RSS above baseline, L = {args.length:,}, {args.threads} threads")
+    print("| model | training step | wall | streaming, pieces of 65,536 | wall |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in args.models:
+        cells = []
+        for part in ("train", "stream"):
+            results = context.Queue()
+            process = context.Process(target=memory_case,
+                                      args=(name, part, args.length, args.threads, results))
+            process.start()
+            above, wall = results.get()
+            process.join()
+            cells += [f"{above:,.0f} MiB", f"{wall:.0f} s"]
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--length", type=int, default=1 << 20)
     args = ap.parse_args()
+    if args.memory:
+        memory(args)
+        return
     torch.set_num_threads(args.threads)
     base = run_config(MODELS[0])
     budget = args.minutes * 60
