@@ -66,8 +66,7 @@ def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor, weights: torch.T
             context_group=None) -> torch.Tensor:
     """Summed cross-entropy (nats) over the weighted targets; ``context_group``: the inputs are
     this rank's shard of the sequences (GenoSSM.forward)."""
-    logits = model(inputs) if context_group is None else model(inputs,
-                                                               context_group=context_group)
+    logits = model(inputs, context_group=context_group)
     loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            reduction="none")
     return (loss * weights.reshape(-1)).sum()

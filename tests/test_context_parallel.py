@@ -95,9 +95,9 @@ def _worker(rank, world, rendezvous, per_state, sizes, reverse, backend):
         dist.destroy_process_group()
 
 
-def run(tmp_path, *, per_state, sizes, reverse=False, backend="torch"):
+def run(tmp_path, *, per_state, sizes, reverse=False):
     mp.spawn(_worker, args=(len(sizes), str(tmp_path / "rendezvous"), per_state, sizes,
-                            reverse, backend), nprocs=len(sizes), join=True)
+                            reverse, "torch"), nprocs=len(sizes), join=True)
 
 
 def test_four_uneven_short_shards_in_reverse_order(tmp_path):
