@@ -13,7 +13,7 @@
 #   scan_tests      210 s     90 s  tests/test_scan_triton.py + test_scan_s6_triton.py compiled on
 #                                   the GPU (GENOSSM_TEST_DEVICE=cuda, TRITON_INTERPRET=0) against
 #                                   the float64 reference on CPU; pytest -n 8 where xdist is there
-#   train_bf16      120 s     40 s  genossm train --config config/models/small.yaml --max-steps 50
+#   train_bf16      120 s     40 s  genossm train --config config/models/cpu.yaml --max-steps 50
 #                                   --device cuda: precision auto = bf16 autocast on CUDA
 #   scan_ssd        120 s     45 s  benchmarks/scan_gpu.py: Mamba-2 scan, triton vs torch,
 #                                   L = 2^16..2^20, bf16 and fp32: ms, bandwidth / copy bandwidth
@@ -466,7 +466,7 @@ finish scan_tests "$LOG_TESTS"
 
 # 2. bf16 autocast training, 50 steps (precision auto: bf16 autocast on CUDA)
 stage train_bf16 120 "$LOG_TRAIN" "$PY" -m genossm train "$STORE" -o "$WORK/train_bf16" \
-    --config config/models/small.yaml --max-steps 50 --device cuda -q
+    --config config/models/cpu.yaml --max-steps 50 --device cuda -q
 if [[ -f $WORK/train_bf16/metrics.jsonl ]]; then     # the figures come from these
     cat "$WORK/train_bf16/metrics.jsonl" >> "$LOG_TRAIN"
     grep -o '"precision": "[a-z0-9]*"' "$WORK/train_bf16/config.json" >> "$LOG_TRAIN" || true
@@ -496,10 +496,10 @@ finish score_32k "$LOG_SCORE"
 
 # 6. context parallelism over the GPUs present
 if ((NGPU >= 2)); then
-    # small.yaml in fp32 (bf16 rounding would differ between the shard boundaries), every step
+    # cpu.yaml in fp32 (bf16 rounding would differ between the shard boundaries), every step
     # logged, no validation, no checkpoint but the last
     sed -e 's/^log_every:.*/log_every: 1/' -e 's/^eval_every:.*/eval_every: 0/' \
-        -e 's/^checkpoint_every:.*/checkpoint_every: 100000/' config/models/small.yaml \
+        -e 's/^checkpoint_every:.*/checkpoint_every: 100000/' config/models/cpu.yaml \
         > "$WORK/cp.yaml"
     echo "precision: fp32" >> "$WORK/cp.yaml"
     cat > "$WORK/cp_compare.py" <<'PYCOMPARE'

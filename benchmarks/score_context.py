@@ -19,8 +19,8 @@ included, both strands, divided by the ALT alleles scored) and peak RSS. Goals: 
 one pass and six) in context mode with a short window (64, so that it takes minutes) and prints
 peak RSS of each: memory does not grow with the call set.
 
-Default model: random-init ModelConfig like the workflow's (config/models/small.yaml: d_model
-64, n_layer 2, d_state 16, headdim 32, chunk_size 64; speed does not depend on the weights).
+Default model: random-init ModelConfig, d_model 64, n_layer 2, d_state 16, headdim 32,
+chunk_size 64 (the workflow's CPU model until 2026-12-02; speed does not depend on the weights).
 
 Usage: python benchmarks/score_context.py [--model DIR] [--positions N] [--layout split|multi]
            [--left-context C ...] [--sets dense,tabix_4,tabix_5,tabix_16] [--window W]

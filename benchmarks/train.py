@@ -1,7 +1,7 @@
 """Training benchmark on CPU: throughput of the default model, and its quality over time.
 
 1. throughput: tokens/s of `genossm.train.train` with the default model config
-   (config/models/small.yaml) against a bare forward + backward + AdamW loop over the same
+   (config/models/cpu.yaml) against a bare forward + backward + AdamW loop over the same
    model and window size in the same process (ratio = trainer overhead: data, logging).
 2. quality (--quality): train the default model for 5 and for 30 minutes (two runs, each with
    max_steps scaled to its time so the learning rate anneals), evaluate both on the held-out
@@ -34,7 +34,7 @@ from genossm.train import load_train_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CHR20 = ROOT / "config" / "data" / "chr20_b37_1-2000000.fa.gz"
-DEFAULT = ROOT / "config" / "models" / "small.yaml"
+DEFAULT = ROOT / "config" / "models" / "cpu.yaml"
 
 
 def bare_loop_tokens_per_s(cfg, steps: int) -> float:

@@ -137,14 +137,21 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from genossm.train import load_train_config, saved_train_config, train
+    from genossm.train import config_path, describe, load_train_config, saved_train_config, train
 
     kw = _given_with_threads(args)
     stores, output, config = kw.pop("stores"), kw.pop("output"), kw.pop("config", None)
     overrides = {name: kw.pop(name) for name in TRAIN_OVERRIDES if name in kw}
-    # resuming without --config continues with the run's own config
+    # resuming without --config continues with the run's own config; a new run without one
+    # takes the built-in default of its device (said in its first line)
     base = saved_train_config(output) if kw.get("resume") and config is None else None
+    chosen = False
+    if base is None:
+        config, chosen = config_path(config, kw.get("device"))
     cfg = load_train_config(config, base=base, **overrides)
+    if chosen and int(os.environ.get("RANK", "0")) == 0:
+        print(f"genossm train: no --config: the built-in default {config.stem} ({describe(cfg)})",
+              file=sys.stderr, flush=True)
     s = train(stores, output, cfg, **kw)
     if s["world_size"] > 1 and int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -162,6 +169,8 @@ def _cmd_evaluate(args) -> int:
 
     kw = _given_with_threads(args)
     m = evaluate(kw.pop("model_dir"), kw.pop("store"), kw.pop("output"), **kw)
+    if m is None:   # a rank but the first of a context-parallel run
+        return 0
     print(f"genossm evaluate: model {m['model_bits_per_base']:.3f} bits/base vs Markov order "
           f"{m['markov_order']} {m['markov_bits_per_base']:.3f} bits/base over "
           f"{m['bases_scored']:,} bases ({m['measure']}) -> {args.output}")
@@ -205,6 +214,8 @@ def _cmd_embed(args) -> int:
 
     kw = _given_with_threads(args)
     s = embed(kw.pop("model_dir"), kw.pop("fasta"), kw.pop("output"), **kw)
+    if s is None:   # a rank but the first of a context-parallel run
+        return 0
     print(f"genossm embed: {s['regions']:,} regions, {s['bases']:,} bases, width {s['width']} "
           f"-> {s['output']}")
     return 0
@@ -229,6 +240,17 @@ def _add_chunk_length(p: argparse.ArgumentParser) -> None:
     """--chunk-length, the same for every command that streams a causal model over regions."""
     p.add_argument("--chunk-length", type=int, metavar="N",
                    help="bases per streamed piece for causal models")
+
+
+def _add_context_parallel(p: argparse.ArgumentParser) -> None:
+    """--context-parallel, the same for train, evaluate and embed."""
+    p.add_argument("--context-parallel", type=_positive_int, metavar="R",
+                   help="under torchrun: split each sequence across R processes, each "
+                        "holding a contiguous shard, the scan's state crossing between them "
+                        "exactly, so a sequence R times longer fits (train: R divides the "
+                        "processes, consecutive ranks sharing each window; evaluate, embed: R "
+                        "is the number of processes, one region or window at a time, rank 0 "
+                        "writing the outputs)")
 
 
 def _add_force(p: argparse.ArgumentParser) -> None:
@@ -295,16 +317,15 @@ def _add_train(sub) -> None:
     p.add_argument("stores", nargs="+", type=Path, metavar="STORE.zarr")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="MODEL_DIR")
     p.add_argument("--config", type=Path, metavar="TRAIN.yaml",
-                   help="training config: model and split sections, schedule, batch, ...")
+                   help="training config: model and split sections, schedule, batch, ...; "
+                        "or a built-in one by name: cpu, gpu-131k, gpu-1m (not given: cpu, "
+                        "or gpu-131k on a GPU)")
     for name, (type_, metavar, help_) in TRAIN_OVERRIDES.items():
         p.add_argument("--" + name.replace("_", "-"), type=type_, metavar=metavar, help=help_)
     _add_runtime_options(p)
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in MODEL_DIR exactly")
-    p.add_argument("--context-parallel", type=_positive_int, metavar="R",
-                   help="under torchrun: split each window across R processes (consecutive "
-                        "ranks), each holding a contiguous shard; the scan's state crosses "
-                        "the shards exactly, so long windows take 1/R of the memory per rank")
+    _add_context_parallel(p)
     _add_force(p)
     _add_quiet(p)
     p.set_defaults(func=_cmd_train)
@@ -327,6 +348,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--plots", dest="plots_dir", type=Path, metavar="DIR",
                    help="directory for the PNG plots (not given: beside METRICS.json)")
     _add_runtime_options(p)
+    _add_context_parallel(p)
     _add_chunk_length(p)
     p.add_argument("--markov-max-order", type=int, metavar="K",
                    help="highest Markov order tried (0..12)")
@@ -506,6 +528,7 @@ def _add_embed(sub) -> None:
                         "half, channel-flipped reverse half) instead of their average")
     _add_beyond_trained_length(p)
     _add_runtime_options(p)
+    _add_context_parallel(p)
     _add_force(p)
     _add_quiet(p)
     p.set_defaults(func=_cmd_embed)

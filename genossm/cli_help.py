@@ -13,12 +13,20 @@ import argparse
 import importlib
 import inspect
 
+
+def steps(text: str) -> int | str:
+    """--max-steps: a number, or "auto" (TrainConfig.max_steps None)."""
+    return text if text == "auto" else int(text)
+
+
 # Command-line overrides of the training config (TrainConfig fields): name -> (type, metavar,
 # help). Not given: the --config file's value (or the resumed run's), else TrainConfig's.
 TRAIN_OVERRIDES = {
     "seq_len": (int, "L", "window length"),
     "batch_size": (int, None, "windows per micro-batch per process"),
-    "max_steps": (int, "N", "optimizer steps in all"),
+    "max_steps": (steps, "N|auto",
+                  "optimizer steps in all; auto: as many as --max-time allows, the learning "
+                  "rate schedule fitted to it"),
     "max_time": (float, "SECONDS", "stop with a checkpoint after this long (this invocation)"),
     "seed": (int, None, "random seed"),
 }

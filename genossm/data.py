@@ -10,6 +10,7 @@ and targets of the model's objective.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -196,14 +197,17 @@ class _WorkerInputError(InputError):
 class StepBatches(torch.utils.data.Sampler):
     """Dataset indices of every micro-batch from ``start_step`` on, for one rank: micro-batch m
     of step s, row r is index ((s·accum + m)·world + rank)·batch + r (``cfg``: the run's
-    TrainConfig, for max_steps, grad_accum and batch_size)."""
+    TrainConfig, for max_steps, grad_accum and batch_size; max_steps None, not yet fitted to the
+    time budget: no end, the training loop stops)."""
 
     def __init__(self, cfg, start_step: int, rank: int, world: int):
         self.cfg, self.start_step, self.rank, self.world = cfg, start_step, rank, world
 
     def __iter__(self):
         cfg = self.cfg
-        for step in range(self.start_step, cfg.max_steps):
+        steps = itertools.count(self.start_step) if cfg.max_steps is None else \
+            range(self.start_step, cfg.max_steps)
+        for step in steps:
             for micro in range(cfg.grad_accum):
                 first = ((step * cfg.grad_accum + micro) * self.world + self.rank) * \
                     cfg.batch_size

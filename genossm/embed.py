@@ -17,6 +17,12 @@ channel-flipped reverse half, halved: ``genossm.model.strand_average``), or with
 ``strand_halves`` the raw 2·d_model hidden states (Caduceus's layout); ``rc_average`` is then
 skipped with a warning.
 
+With context parallelism (``context_parallel`` R, under torchrun with R processes) each region
+(each strand of it) is read in one pass split across the ranks, causal or not, each holding a
+contiguous shard (ops/context_parallel.py); rank 0 receives the shards' hidden states in order
+(``Dist.gather_shards``), one shard at a time, and writes them as one process would. A region
+too short to split is read by rank 0 alone.
+
 Output, a Zarr v3 group written under a temporary name and renamed when complete (claimed first:
 fileio.claim_outputs; ``EMBEDDINGS`` recognises one that genossm wrote)::
 
@@ -50,6 +56,7 @@ import zarr
 from tqdm import tqdm
 
 from genossm import __version__, alphabet
+from genossm.distributed import Dist, check_context_parallel, shard_bounds
 from genossm.errors import InputError
 from genossm.fileio import OutputKind, StagedOutputs, claim_outputs
 from genossm.model import GenoSSM, strand_average
@@ -98,11 +105,13 @@ def bed_regions(bed, reference: Reference) -> list[Region]:
 
 
 class Embedder:
-    """Hidden states of one layer over regions of a reference, piece by piece."""
+    """Hidden states of one layer over regions of a reference, piece by piece (with context
+    parallelism, ``ranks``: shard by shard, on rank 0)."""
 
     def __init__(self, model: GenoSSM, reference: Reference, *, layer: int,
-                 chunk_length: int, strand_halves: bool = False):
+                 chunk_length: int, strand_halves: bool = False, ranks: Dist | None = None):
         self.model = model
+        self.ranks = Dist(model.embedding.weight.device) if ranks is None else ranks
         self.reference = reference
         self.layer = layer
         self.chunk_length = chunk_length
@@ -113,12 +122,19 @@ class Embedder:
         self.averaged = model.config.rc_equivariant and not strand_halves
         self.width = model.config.d_model * (2 if self.halves else 1)
 
+    def split(self, length: int) -> bool:
+        """Whether a pass over ``length`` bases is split across the ranks."""
+        return self.ranks.splits(length, self.model.config.d_conv - 1)
+
     def pieces(self, length: int, mirrored: bool) -> list[tuple[int, int]]:
-        """[lo, hi) pieces of a pass over ``length`` bases. Mirrored pieces put the short one
-        first, so that piece k of a mirrored pass covers the positions of piece -1-k of a plain
-        pass read from the other end."""
-        step = self.chunk_length if self.streaming else length
-        cuts = [*range(0, length, step), length]
+        """[lo, hi) pieces of a pass over ``length`` bases (split across the ranks: their
+        shards). Mirrored pieces put the short one first, so that piece k of a mirrored pass
+        covers the positions of piece -1-k of a plain pass read from the other end."""
+        if self.split(length):
+            cuts = shard_bounds(length, self.ranks.context)
+        else:
+            step = self.chunk_length if self.streaming else length
+            cuts = [*range(0, length, step), length]
         if mirrored:
             cuts = [length - c for c in reversed(cuts)]
         return list(zip(cuts[:-1], cuts[1:], strict=False))
@@ -128,9 +144,19 @@ class Embedder:
         """(n, width) hidden states of consecutive pieces of the region's sequence on one
         strand: forward, or (``reverse``) the reverse complement of [start, end). A causal
         model streams the pieces (the model's one streaming path); any other model reads the
-        region in one piece."""
-        tokens = (self.tokens(region, lo, hi, reverse)
-                  for lo, hi in self.pieces(region.length, mirrored))
+        region in one piece. Split across the ranks, each rank runs its shard, and rank 0
+        yields every shard's in order (the other ranks nothing); a region too short to split,
+        rank 0 alone reads."""
+        pieces = self.pieces(region.length, mirrored)
+        if self.split(region.length):
+            lo, hi = pieces[self.ranks.shard]
+            h = self.model.hidden_states(self.tokens(region, lo, hi, reverse), self.layer,
+                                         context_group=self.ranks.context_group)[0]
+            yield from self.ranks.gather_shards(h, [b - a for a, b in pieces])
+            return
+        if not self.ranks.main:
+            return
+        tokens = (self.tokens(region, lo, hi, reverse) for lo, hi in pieces)
         if not self.streaming:
             for piece in tokens:
                 h = self.model.hidden_states(piece, self.layer)[0]
@@ -268,19 +294,23 @@ def embed(model_dir, fasta, output, *, bed=None, per_base: bool = False, layer: 
           rc_average: bool = False, chunk_length: int = DEFAULT_CHUNK_LENGTH,
           max_length: int = DEFAULT_MAX_LENGTH, strand_halves: bool = False,
           beyond_trained_length: bool = False, device="auto", force: bool = False,
-          progress: bool = True) -> dict:
+          progress: bool = True, context_parallel: int = 1) -> dict | None:
     """Embed the regions of ``bed`` (or every record of ``fasta``) with the model in
-    ``model_dir`` into the Zarr group ``output`` (layout in the module docstring). Returns a
-    summary: output, regions, bases, width."""
+    ``model_dir`` into the Zarr group ``output`` (layout in the module docstring).
+    ``context_parallel``: under torchrun, the number of processes, which split each region
+    between them (module docstring). Returns a summary: output, regions, bases, width (None on
+    the ranks but the first, which write nothing)."""
     output = Path(output)
-    claim_outputs([(output, EMBEDDINGS)], inputs=[model_dir, fasta, bed],
-                  force=force)
+    ranks = Dist.setup_inference(device, context_parallel)
+    ranks.first(lambda: claim_outputs([(output, EMBEDDINGS)], inputs=[model_dir, fasta, bed],
+                                      force=force))
     for option, value in (("--chunk-length", chunk_length), ("--max-length", max_length)):
         if value < 1:
             raise InputError(None, f"{option} must be positive, got {value}")
     with Reference(fasta) as reference:
         regions = bed_regions(bed, reference) if bed else reference.records()
-        model = open_model(model_dir, device)
+        model = open_model(model_dir, ranks.device)
+        check_context_parallel(model.config, ranks.context)
         layer, rc_average = _check_model(model, regions, layer, rc_average, max_length)
         if regions:
             longest = max(regions, key=lambda r: r.length)
@@ -288,7 +318,11 @@ def embed(model_dir, fasta, output, *, bed=None, per_base: bool = False, layer: 
                          f"region {longest.contig}:{longest.start + 1:,}-{longest.end:,}",
                          beyond_trained_length)
         embedder = Embedder(model, reference, layer=layer, chunk_length=chunk_length,
-                            strand_halves=strand_halves)
+                            strand_halves=strand_halves, ranks=ranks)
+        if not ranks.main:   # its shard of every pass, in rank 0's order; it writes nothing
+            _follow(embedder, regions, rc_average)
+            ranks.close()
+            return None
         attrs = {
             "format": FORMAT_VERSION, "kind": KIND, "model": str(model_dir),
             "model_config": model.config.to_dict(), "layer": layer, "pooling": "mean",
@@ -307,6 +341,7 @@ def embed(model_dir, fasta, output, *, bed=None, per_base: bool = False, layer: 
                 if stack is not None:
                     stack.close()
             group.attrs["genossm"] = attrs  # last: marks the group complete
+    ranks.close()
     return {"output": str(output), "regions": len(regions),
             "bases": sum(r.length for r in regions), "width": embedder.width}
 
@@ -333,6 +368,15 @@ def _check_model(model: GenoSSM, regions: list[Region], layer: int, rc_average: 
                     "strands): --rc-average has no effect")
         rc_average = False
     return layer, rc_average
+
+
+def _follow(embedder: Embedder, regions: list[Region], rc_average: bool) -> None:
+    """A rank other than the first, with context parallelism: the passes of ``_write`` (its
+    shard of each), in the same order, writing nothing."""
+    with torch.inference_mode(), tqdm(disable=True) as bar:
+        for region in regions:
+            embed_region(embedder, region, rc_average=rc_average, per_base=None, stack=None,
+                         bar=bar)
 
 
 def _write(embedder: Embedder, regions: list[Region], path: Path, *, per_base: bool,

@@ -9,6 +9,14 @@ region's start, with 15 % of the non-N bases of every window masked (``masked_15
 way the score of a base is -log2 of the probability the model's full-vocabulary softmax gives
 it, and the Markov baseline is scored on exactly the same bases.
 
+With context parallelism (``context_parallel`` R, under torchrun with R processes) a region (a
+masked model: each window) is read in one pass split across the ranks, each holding a contiguous
+shard (ops/context_parallel.py): rank r gets the log2 p of its shard's bases, and rank 0
+receives them shard by shard (``Dist.gather_shards``) and goes on as one process would, writing
+the outputs; the numbers are those of one process. A region too short to split is read by rank 0
+alone. Every rank fits the Markov baseline, so that none waits in a collective while rank 0 fits
+it alone.
+
 Outputs, METRICS.json and the two plots, are claimed before anything is read
 (fileio.claim_outputs; ``METRICS`` recognises a metrics file genossm wrote) and staged together:
 a failing run leaves none of them, and METRICS.json, the mark of a finished run, is renamed into
@@ -17,6 +25,7 @@ place last.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from genossm import __version__, alphabet
+from genossm.distributed import Dist, check_context_parallel, shard_bounds, shard_span
 from genossm.errors import InputError
 from genossm.fileio import (
     OutputKind,
@@ -42,7 +52,7 @@ from genossm.markov import MarkovBaseline
 from genossm.model import GenoSSM, ModelDir, TrainingInfo, last_record
 from genossm.plots import PLOT, plot_bits_by_position, plot_training_curves
 from genossm.regions import Region, check_inside, merge_spans, overlap_bases, read_bed
-from genossm.runtime import is_model_dir, open_model, resolve_device, trained_length
+from genossm.runtime import is_model_dir, open_model, trained_length
 from genossm.store import TokenStore
 
 CAUSAL = "causal_streamed"
@@ -245,13 +255,82 @@ def _masked_log2p(model: GenoSSM, codes: np.ndarray, positions: np.ndarray,
     return out
 
 
+def _split_log2p(model: GenoSSM, store: TokenStore, contig: str, start: int, end: int,
+                 measure: str, key: tuple[int, int], ranks: Dist
+                 ) -> Iterator[tuple[int, np.ndarray]]:
+    """Context parallelism: the model's log2 p (NaN where not scored) over bases [start, end)
+    of ``contig`` read as one sequence (a stream from ``start``, or a masked window with the
+    mask of ``key``), in one pass split across the ranks. On rank 0, (first base, log2 p) of
+    consecutive pieces that cover [start, end), one per rank; nothing on the others. A causal
+    model's inputs are bases [start, end - 1), split, each predicting the base after it."""
+    device, group = ranks.device, ranks.context_group
+    causal = measure == CAUSAL
+    inputs = end - start - causal
+    if not ranks.splits(inputs, model.config.d_conv - 1):   # too short: rank 0 reads it whole
+        if ranks.main:
+            codes = store.codes(contig, start, end)
+            yield start, (_causal_log2p(model, codes, device)[0] if causal else _masked_log2p(
+                model, codes, mask_positions(codes, key), device))
+        return
+    span = shard_span(inputs, ranks)
+    if causal:
+        tokens = _tokens(store.codes(contig, start + span.start, start + span.stop + 1), device)
+        logp = torch.log_softmax(model(tokens[None, :-1], context_group=group)[0].float(), -1)
+        out = (logp.gather(-1, tokens[1:, None])[:, 0] / LN2).double()
+        out[tokens[1:] == alphabet.N] = math.nan
+        if ranks.main:   # the stream's first base is not scored
+            out = torch.cat([out.new_full((1,), math.nan), out])
+    else:   # the mask is drawn over the whole window: every rank reads it
+        codes = store.codes(contig, start, end)
+        positions = mask_positions(codes, key)
+        tokens = _tokens(codes, device)
+        masked = tokens.clone()
+        masked[torch.from_numpy(positions).to(device)] = alphabet.MASK
+        logp = torch.log_softmax(model(masked[None, span], context_group=group)[0].float(), -1)
+        local = positions[(positions >= span.start) & (positions < span.stop)] - span.start
+        where = torch.from_numpy(local).to(device)
+        out = torch.full((span.stop - span.start,), math.nan, dtype=torch.float64,
+                         device=device)
+        out[where] = (logp[where].gather(-1, tokens[span][where, None])[:, 0] / LN2).double()
+    bounds = shard_bounds(inputs, ranks.context)
+    firsts = [start] + [start + b + causal for b in bounds[1:-1]]   # each piece's first base
+    lengths = [b - a for a, b in zip(firsts, [*firsts[1:], end], strict=True)]
+    for first, piece in zip(firsts, ranks.gather_shards(out, lengths), strict=False):
+        yield first, piece.cpu().numpy()
+
+
+def _window_log2p(model: GenoSSM, store: TokenStore, region: Region, index: int, offset: int,
+                  length: int, measure: str, ranks: Dist) -> np.ndarray | None:
+    """The model's log2 p over the window of ``length`` at ``offset`` in region ``index``,
+    read from its start in one pass (split across the ranks with context parallelism: None on
+    the ranks but the first)."""
+    start = region.start + offset
+    if ranks.context > 1:
+        pieces = [p for _, p in _split_log2p(model, store, region.contig, start, start + length,
+                                             measure, (index, offset), ranks)]
+        return np.concatenate(pieces) if ranks.main else None
+    codes = store.codes(region.contig, start, start + length)
+    if measure == CAUSAL:
+        return _causal_log2p(model, codes, ranks.device)[0]
+    return _masked_log2p(model, codes, mask_positions(codes, (index, offset)), ranks.device)
+
+
 def _scored_pieces(model: GenoSSM, store: TokenStore, region: Region, index: int,
-                   measure: str, chunk_length: int, seq_len: int, device
+                   measure: str, chunk_length: int, seq_len: int, ranks: Dist
                    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(start, codes, model log2 p with NaN where not scored) of successive pieces of a
     region: streamed pieces of ``chunk_length`` carrying the model's state (causal), or
-    windows of ``seq_len`` (masked)."""
-    if measure == CAUSAL:
+    windows of ``seq_len`` (masked). With context parallelism, the pieces of the region (causal)
+    or of each window (masked) split across the ranks (``_split_log2p``), on rank 0 only."""
+    device = ranks.device
+    if ranks.context > 1:
+        step = region.length if measure == CAUSAL else seq_len
+        for start in range(region.start, region.end, step):
+            end = min(start + step, region.end)
+            for first, log2p in _split_log2p(model, store, region.contig, start, end, measure,
+                                             (index, start - region.start), ranks):
+                yield first, store.codes(region.contig, first, first + log2p.size), log2p
+    elif measure == CAUSAL:
         state = None
         for start in range(region.start, region.end, chunk_length):
             codes = store.codes(region.contig, start, min(start + chunk_length, region.end))
@@ -283,13 +362,14 @@ class RegionScore:
 
 def score_regions(model: GenoSSM, store: TokenStore, regions: list[Region],
                   markov: MarkovBaseline, measure: str, chunk_length: int, seq_len: int,
-                  device, bar) -> list[RegionScore]:
-    """Model and baseline bits on the scored bases of every region."""
+                  ranks: Dist, bar) -> list[RegionScore]:
+    """Model and baseline bits on the scored bases of every region (with context
+    parallelism: on rank 0; the other ranks' scores are empty)."""
     scores = []
     for index, region in enumerate(regions):
         score = RegionScore(region)
         for start, codes, log2p in _scored_pieces(model, store, region, index, measure,
-                                                  chunk_length, seq_len, device):
+                                                  chunk_length, seq_len, ranks):
             scored = ~np.isnan(log2p)
             baseline = _markov_log2p(markov, store, region, start, codes)
             score.bases += int(scored.sum())
@@ -313,21 +393,18 @@ def _profile_windows(regions: list[Region], seq_len: int, max_windows: int
 
 
 def bits_by_position(model: GenoSSM, store: TokenStore, regions: list[Region],
-                     windows: list[tuple[int, int]], measure: str, seq_len: int, device,
+                     windows: list[tuple[int, int]], measure: str, seq_len: int, ranks: Dist,
                      bar) -> dict:
     """Mean model bits per base at each position 1..L-1 of the ``windows`` (region index,
-    offset) of the training length L, one plain forward pass each, in log-spaced bins."""
+    offset) of the training length L, one plain forward pass each, in log-spaced bins (with
+    context parallelism: on rank 0; the other ranks' are empty)."""
     total = np.zeros(seq_len)
     count = np.zeros(seq_len, dtype=np.int64)
     for index, offset in windows:
-        region = regions[index]
-        codes = store.codes(region.contig, region.start + offset,
-                            region.start + offset + seq_len)
-        if measure == CAUSAL:
-            log2p, _ = _causal_log2p(model, codes, device)
-        else:
-            positions = mask_positions(codes, (index, offset))
-            log2p = _masked_log2p(model, codes, positions, device)
+        log2p = _window_log2p(model, store, regions[index], index, offset, seq_len, measure,
+                              ranks)
+        if log2p is None:
+            continue
         scored = ~np.isnan(log2p)
         scored[0] = False
         total[scored] -= log2p[scored]
@@ -352,27 +429,29 @@ def _finite(value: float) -> float | None:
 def evaluate(model_dir, store_path, output, *, regions_bed=None, plots_dir=None,
              device: str = "auto", chunk_length: int = 65536, markov_max_order: int = 10,
              max_windows: int = 32, window: int | None = None, progress: bool = True,
-             force: bool = False) -> dict:
+             force: bool = False, context_parallel: int = 1) -> dict | None:
     """Evaluate the model in ``model_dir`` on ``store_path``; write METRICS.json (``output``)
     and the two plots (into ``plots_dir``, default beside ``output``); ``force`` replaces
     outputs an earlier run wrote. ``window``: the length of the masked model's windows and of
-    the bits-by-position windows (default: the length the model was trained on). Returns the
-    metrics."""
+    the bits-by-position windows (default: the length the model was trained on).
+    ``context_parallel``: under torchrun, the number of processes, which split each sequence
+    between them (module docstring). Returns the metrics (None on the ranks but the first,
+    which write nothing)."""
     model_dir, output = Path(model_dir), Path(output)
     plots_dir = output.parent if plots_dir is None else Path(plots_dir)
     plots = {"training_curves": plots_dir / CURVES_PLOT,
              "bits_by_position": plots_dir / POSITION_PLOT}
     check_distinct({**{f"the {k} plot": p for k, p in plots.items()},
                     "METRICS.json (-o)": output})
-    claim_outputs([*((p, PLOT) for p in plots.values()), (output, METRICS)],
-                  inputs=[model_dir, store_path, regions_bed], force=force)
+    ranks = Dist.setup_inference(device, context_parallel)
+    ranks.first(lambda: claim_outputs([*((p, PLOT) for p in plots.values()), (output, METRICS)],
+                                      inputs=[model_dir, store_path, regions_bed], force=force))
     if chunk_length < 1:
         raise InputError(None, f"--chunk-length must be positive, got {chunk_length}")
     if not 0 <= markov_max_order <= 12:
         raise InputError(None, f"--markov-max-order must be in 0..12, got {markov_max_order}")
     if max_windows < 0:
         raise InputError(None, f"--max-windows must be >= 0, got {max_windows}")
-    torch_device = resolve_device(device)
     directory = ModelDir(model_dir)
     training = _training(directory, model_dir)
     store = TokenStore(store_path)
@@ -384,24 +463,31 @@ def evaluate(model_dir, store_path, output, *, regions_bed=None, plots_dir=None,
     if seq_len < 2:
         raise InputError(None, f"--window must be at least 2, got {seq_len}")
     records = directory.read_metrics()
-    model = open_model(model_dir, torch_device)
+    model = open_model(model_dir, ranks.device)
+    check_context_parallel(model.config, ranks.context)
     measure = CAUSAL if model.config.objective == "clm" else MASKED
 
     # The outputs' temporaries are made before the work (an output that cannot be written fails
-    # now, not after it) and renamed into place together when it is done, METRICS.json last.
-    with StagedOutputs() as staged:
-        curves, by_position, staged_metrics = [staged.file(p)
-                                               for p in (*plots.values(), output)]
+    # now, not after it) and renamed into place together when it is done, METRICS.json last;
+    # rank 0 alone writes.
+    with StagedOutputs() if ranks.main else contextlib.nullcontext() as staged:
+        if ranks.main:
+            curves, by_position, staged_metrics = [staged.file(p)
+                                                   for p in (*plots.values(), output)]
         markov, order_scores = fit_markov(store, train, markov_max_order)
         windows = _profile_windows(regions, seq_len, max_windows)
         total = sum(r.length for r in regions) + len(windows) * seq_len
         with torch.inference_mode(), tqdm(total=total, unit="bp", unit_scale=True,
-                                          desc="evaluate", disable=None if progress else True,
-                                          leave=False) as bar:
+                                          desc="evaluate", leave=False,
+                                          disable=None if progress and ranks.main else True
+                                          ) as bar:
             scores = score_regions(model, store, regions, markov, measure, chunk_length, seq_len,
-                                   torch_device, bar)
+                                   ranks, bar)
             profile = bits_by_position(model, store, regions, windows, measure, seq_len,
-                                       torch_device, bar)
+                                       ranks, bar)
+        ranks.close()
+        if not ranks.main:
+            return None
         scored = sum(s.bases for s in scores)
         if not scored:
             raise InputError(source, "the regions hold no base to score (all N or too short)")

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from genossm.data import StepBatches, WindowDataset, describe_split, lm_batch, split_regions
-from genossm.distributed import Dist
+from genossm.distributed import Dist, check_context_parallel, shard_span
 from genossm.errors import InputError
 from genossm.fileio import OutputKind, claim_outputs
 from genossm.model import GenoSSM, ModelDir, TrainingInfo, last_record
@@ -47,14 +47,18 @@ from genossm.train_config import (
     TrainConfig,
     check_resumable,
     check_same_split,
+    config_path,
+    describe,
+    fitted_max_steps,
+    fitting_step,
     learning_rate,
     load_train_config,
     saved_train_config,
     sequence_length,
 )
 
-__all__ = ["TrainConfig", "learning_rate", "load_train_config", "saved_train_config",
-           "sequence_length", "train"]
+__all__ = ["TrainConfig", "config_path", "describe", "learning_rate", "load_train_config",
+           "saved_train_config", "sequence_length", "train"]
 
 LN2 = math.log(2.0)
 # What --resume continues: a directory with a checkpoint (its files are checked as they are read).
@@ -221,7 +225,8 @@ def _build_model(run: Run):
 
 def _train_loader(stores, train_iv, cfg: TrainConfig, start_step: int, ranks: Dist):
     """This rank's micro-batches of training windows from ``start_step`` on."""
-    total_windows = cfg.max_steps * cfg.grad_accum * ranks.data_world * cfg.batch_size
+    steps = cfg.max_steps or 2**40   # max_steps auto: as many as the time budget allows
+    total_windows = steps * cfg.grad_accum * ranks.data_world * cfg.batch_size
     dataset = WindowDataset(stores, train_iv, cfg.seq_len, num_samples=total_windows,
                             seed=cfg.seed, max_n_fraction=cfg.max_n_fraction,
                             rc_augment=cfg.rc_augment, use_reads=cfg.use_reads,
@@ -282,17 +287,26 @@ def train(store_paths: list, output, cfg: TrainConfig, *, device: str | None = N
                unit="step", dynamic_ncols=True)
     run.start_clock()
     micro_batches = iter(loader)
+    fit = _ScheduleFit(run) if cfg.max_steps is None else None   # keeps fitting max_steps
     stopped = "max_steps"
     with _StopSignal() as stop:
-        while run.step < cfg.max_steps:
+        while cfg.max_steps is None or run.step < cfg.max_steps:
             # the schedule: window length and learning rate are pure functions of the step
             length = sequence_length(cfg, run.step)
             lr = learning_rate(cfg, run.step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             # forward and backward over the step's micro-batches, then the update
+            began = time.monotonic()
             loss = _optimizer_step(model, optimizer, micro_batches, cfg, run.step, length, ranks)
             run.advance(cfg.grad_accum * cfg.batch_size * length * ranks.data_world)
+            # max_steps auto: fitted to the time budget once the step rate is known
+            fitted = fit.measured(time.monotonic() - began, length) if fit else None
+            if fitted:
+                cfg = run.cfg = fitted
+                training = dataclasses.replace(training, config=cfg.to_dict())
+                run.log({"split": "schedule", "step": run.step, "max_steps": cfg.max_steps})
+                bar.total = cfg.max_steps
             elapsed = run.elapsed()
             # log the training loss, and now and then the validation loss
             if run.step % cfg.log_every == 0 or run.step == cfg.max_steps:
@@ -307,7 +321,7 @@ def train(store_paths: list, output, cfg: TrainConfig, *, device: str | None = N
             if reason:
                 stopped = reason
                 break
-            if run.step % cfg.checkpoint_every == 0 and run.step < cfg.max_steps:
+            if run.step % cfg.checkpoint_every == 0 and run.step != cfg.max_steps:
                 run.checkpoint(raw_model, optimizer, training, elapsed)
     bar.close()
 
@@ -326,22 +340,44 @@ def train(store_paths: list, output, cfg: TrainConfig, *, device: str | None = N
             "validation_bases": training.split["validation_bases"], "world_size": ranks.world}
 
 
+class _ScheduleFit:
+    """max_steps auto: fits max_steps to the rest of max_time (train_config.fitted_max_steps) at
+    the fitting step, and again at 2, 4, 8, ... times it, each time from this rank's seconds per
+    window token of the optimizer steps since the last fit (validation and checkpoints aside,
+    and the first two steps, which allocate), averaged over the ranks: the estimate follows a
+    machine whose speed changes, and the last fits, made late, are close."""
+
+    def __init__(self, run: Run):
+        self.run, self.skip = run, run.step + 2
+        self.next = max(fitting_step(run.cfg), self.skip + 3)
+        self.seconds, self.tokens = 0.0, 0
+
+    def measured(self, seconds: float, length: int) -> TrainConfig | None:
+        """Count one optimizer step over windows of ``length``; the refitted config when it is
+        time to fit."""
+        run, cfg = self.run, self.run.cfg
+        if run.step > self.skip:
+            self.seconds += seconds
+            self.tokens += cfg.grad_accum * cfg.batch_size * length
+        if run.step < self.next:
+            return None
+        per_token, left = run.ranks.mean([self.seconds / self.tokens,
+                                          cfg.max_time - (time.monotonic() - run.started)])
+        self.next, self.seconds, self.tokens = 2 * run.step, 0.0, 0
+        return dataclasses.replace(cfg, max_steps=fitted_max_steps(cfg, run.step, per_token,
+                                                                   left))
+
+
 def _check_context_parallel(cfg: TrainConfig, context: int) -> None:
-    """What context parallelism splits: Mamba-1/Mamba-2 blocks of a model that is not
-    rc_equivariant, in shards no shorter than the convolution's halo."""
-    if context == 1:
-        return
-    model = cfg.model
-    kinds = {model.layer_mixer(i) for i in range(model.n_layer)}
-    if not kinds <= {"mamba1", "mamba2"} or model.rc_equivariant:
-        what = "rc_equivariant" if model.rc_equivariant else "/".join(sorted(kinds))
-        raise InputError(None, f"--context-parallel splits Mamba-1 and Mamba-2 blocks of "
-                               f"models that are not rc_equivariant; this model is {what}")
+    """What context parallelism splits (distributed.check_context_parallel), in shards no
+    shorter than the convolution's halo."""
+    check_context_parallel(cfg.model, context)
     shortest = (cfg.seq_len_start or cfg.seq_len) // context
-    if shortest < model.d_conv - 1:
+    if context > 1 and shortest < cfg.model.d_conv - 1:
         raise InputError(None, f"--context-parallel {context}: windows of "
                                f"{cfg.seq_len_start or cfg.seq_len} give shards of {shortest} "
-                               f"positions, shorter than the convolution's {model.d_conv - 1}")
+                               f"positions, shorter than the convolution's "
+                               f"{cfg.model.d_conv - 1}")
 
 
 def _optimizer_step(model, optimizer, micro_batches, cfg: TrainConfig, step: int, length: int,
@@ -372,14 +408,6 @@ def _optimizer_step(model, optimizer, micro_batches, cfg: TrainConfig, step: int
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum / n_targets
-
-
-def shard_span(length: int, ranks: Dist) -> slice:
-    """The positions of this rank's shard of a sequence of ``length``: the ranks of a
-    sequence hold near-equal contiguous shards, in rank order (all of it without context
-    parallelism)."""
-    bounds = [round(k * length / ranks.context) for k in range(ranks.context + 1)]
-    return slice(bounds[ranks.shard], bounds[ranks.shard + 1])
 
 
 def _log_train(run: Run, loss: float, lr: float, length: int, elapsed: float, bar) -> None:

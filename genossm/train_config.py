@@ -17,6 +17,8 @@ from genossm.data import SplitConfig
 from genossm.errors import InputError
 from genossm.model import ModelConfig, ModelDir, TrainingInfo
 
+# The built-in training configs (``preset``), by name: what `genossm train` runs without --config
+PRESETS = Path(__file__).parent / "presets"
 # what --resume may change: the run's length, time budget and logging, not its identity
 RESUMABLE = ("max_steps", "max_time", "num_workers", "log_every", "checkpoint_every",
              "eval_every", "precision")
@@ -36,7 +38,7 @@ class TrainConfig:
     seq_len_warmup_steps: int = 0     # ... and grow linearly to seq_len over these steps
     batch_size: int = 8               # windows per micro-batch per rank
     grad_accum: int = 1               # micro-batches per optimizer step
-    max_steps: int = 1000
+    max_steps: int | None = 1000      # None ("auto" in YAML / --max-steps auto): fit to max_time
     max_time: float | None = None     # seconds of this invocation; stops with a checkpoint
     lr: float = 2e-3
     min_lr: float = 2e-4              # cosine decay ends here at max_steps
@@ -66,8 +68,13 @@ class TrainConfig:
             self.model = _build(ModelConfig, self.model, "model")
         if isinstance(self.split, dict):
             self.split = _build(SplitConfig, self.split, "split")
-        positive = ("seq_len", "batch_size", "grad_accum", "max_steps", "log_every",
-                    "checkpoint_every", "eval_windows")
+        if self.max_steps == "auto":
+            self.max_steps = None
+        if self.max_steps is None and self.max_time is None:
+            raise ValueError("max_steps auto (fit the schedule to the time budget) needs "
+                             "max_time")
+        positive = ("seq_len", "batch_size", "grad_accum", "log_every", "checkpoint_every",
+                    "eval_windows") + ("max_steps",) * (self.max_steps is not None)
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -168,9 +175,44 @@ def load_train_config(path, *, base: dict | None = None, **overrides) -> TrainCo
     return cfg
 
 
+def preset(name: str) -> Path | None:
+    """The built-in config called ``name`` (genossm/presets/NAME.yaml), None when there is none."""
+    path = PRESETS / f"{name}.yaml"
+    return path if name and "/" not in name and path.is_file() else None
+
+
+def builtin_config(device_type: str) -> Path:
+    """The built-in config of a run without --config on this kind of device: "cpu" (a model
+    that learns within the 4-minute CPU budget) or "gpu-131k" (docs/design.md, "Training")."""
+    return preset("gpu-131k" if device_type == "cuda" else "cpu")
+
+
+def config_path(config: Path | None, device: str | None) -> tuple[Path, bool]:
+    """The config file of a new run, and whether it was chosen for it: ``config`` as given, or
+    the built-in one it names ("cpu", "gpu-131k", "gpu-1m") when no such file exists, or
+    without one the built-in default of ``device`` (auto: the GPU when there is one)."""
+    if config is None:
+        from genossm.runtime import resolve_device
+
+        return builtin_config(resolve_device(device).type), True
+    return (preset(str(config)) if not Path(config).exists() and preset(str(config))
+            else config), False
+
+
+def describe(cfg: TrainConfig) -> str:
+    """A config in a few words, for the line that says which one a run took."""
+    m = cfg.model
+    steps = f"{cfg.max_steps:,} steps" if cfg.max_steps else "steps fitted to the time budget"
+    budget = f", --max-time {cfg.max_time:g} s" if cfg.max_time else ""
+    return (f"{m.mixer} d_model {m.d_model} x {m.n_layer} layers, windows of {cfg.seq_len:,}, "
+            f"{steps}{budget}")
+
+
 def _option_checked(name: str, value) -> None:
     """InputError of the command-line option of setting ``name`` when ``value`` is wrong in
-    itself (on top of the defaults)."""
+    itself (on top of the defaults; "auto" is right in itself, whatever it needs besides)."""
+    if value == "auto":
+        return
     try:
         TrainConfig.from_dict({name: value})
     except (TypeError, ValueError) as e:
@@ -232,9 +274,12 @@ def check_same_split(directory: ModelDir, trained: TrainingInfo | None,
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warmup to cfg.lr, then cosine decay to cfg.min_lr at cfg.max_steps."""
+    """Linear warmup to cfg.lr, then cosine decay to cfg.min_lr at cfg.max_steps (the peak while
+    max_steps is not yet fitted to the budget: ``fitted_max_steps``)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.max_steps is None:
+        return cfg.lr
     span = max(1, cfg.max_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
@@ -248,3 +293,32 @@ def sequence_length(cfg: TrainConfig, step: int) -> int:
     length = cfg.seq_len_start + (cfg.seq_len - cfg.seq_len_start) * step / \
         cfg.seq_len_warmup_steps
     return min(cfg.seq_len, 64 * math.ceil(length / 64))
+
+
+def fitting_step(cfg: TrainConfig) -> int:
+    """The step after which a run with max_steps auto fits its schedule to the time budget: the
+    end of the learning-rate warmup (whose rates do not depend on max_steps), at least 10 steps
+    in so that the rate is measured over several steps."""
+    return max(10, cfg.warmup_steps)
+
+
+def fitted_max_steps(cfg: TrainConfig, step: int, seconds_per_token: float,
+                     seconds_left: float) -> int:
+    """The max_steps whose steps from ``step`` on (window lengths by ``sequence_length``) and
+    validation passes (forward only: a third of a training token's time each) fill
+    ``seconds_left`` less a 3 % margin, at ``seconds_per_token`` of this process (measured over
+    the steps so far); at least one more step."""
+    per_token = max(seconds_per_token, 1e-12)
+    validation = cfg.eval_windows * cfg.seq_len * per_token / 3 / cfg.eval_every \
+        if cfg.eval_every else 0.0
+
+    def cost(s: int) -> float:   # seconds of step s, its share of the validation passes included
+        return cfg.grad_accum * cfg.batch_size * sequence_length(cfg, s) * per_token + validation
+
+    first, budget = step, 0.97 * seconds_left
+    while step < cfg.seq_len_warmup_steps and cost(step) <= budget:   # windows still growing
+        budget -= cost(step)
+        step += 1
+    if step >= cfg.seq_len_warmup_steps:                               # then a constant cost
+        step += int(budget // cost(step))
+    return max(step, first + 1)

@@ -5,10 +5,18 @@ sequence in one process, for the outputs, the final state and every gradient, wi
 short shards, both scan forms (Mamba-2's decay per head, Mamba-1's per state) and the reverse
 reading order of a bidirectional model's second pass; the reference is the float64 recurrence
 (ops/scan_ref.py) over the whole sequence. Then models over shards (Block._mix_shard, with
-checkpointed segments) against one whole pass."""
+checkpointed segments) against one whole pass. Last, ``genossm evaluate`` and ``embed`` with
+--context-parallel 2 against one process."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
+import os
+
+import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -18,6 +26,27 @@ from genossm.ops.scan_ref import scan_ref
 from genossm.ops.selective_scan import log_decay, selective_scan
 
 TOLERANCE = 1e-5
+
+
+def spawn(worker, directory, world: int, *args):
+    """``worker(rank, world, rendezvous, *args)`` in ``world`` processes (rendezvous: a file in
+    ``directory`` for ``joined``), forked: they start with what this process has imported."""
+    mp.start_processes(worker, args=(world, str(directory / "rendezvous"), *args),
+                       nprocs=world, join=True, start_method="fork")
+
+
+@contextlib.contextmanager
+def joined(rank: int, world: int, rendezvous: str):
+    """This process in a gloo group of ``world`` (WORLD_SIZE set, as torchrun sets it), one
+    torch thread."""
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
+                            world_size=world)
+    os.environ["WORLD_SIZE"] = str(world)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def inputs(per_state: bool, length: int, seed: int = 0):
@@ -46,10 +75,7 @@ def _whole(data, weight):
 
 
 def _worker(rank, world, rendezvous, per_state, sizes, reverse, backend):
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
-                            world_size=world)
-    try:
-        torch.set_num_threads(1)
+    with joined(rank, world, rendezvous):
         length = sum(sizes)
         data = inputs(per_state, length)
         weight = torch.randn(2, length, *data["x"].shape[2:], dtype=torch.float64,
@@ -91,13 +117,10 @@ def _worker(rank, world, rendezvous, per_state, sizes, reverse, backend):
         tail = halo(local["x"], 3, dist.group.WORLD, reverse=reverse)
         want = data["x"][:, start - 3:start].float() if index else torch.zeros_like(tail)
         assert torch.equal(tail, want)
-    finally:
-        dist.destroy_process_group()
 
 
 def run(tmp_path, *, per_state, sizes, reverse=False):
-    mp.spawn(_worker, args=(len(sizes), str(tmp_path / "rendezvous"), per_state, sizes,
-                            reverse, "torch"), nprocs=len(sizes), join=True)
+    spawn(_worker, tmp_path, len(sizes), per_state, sizes, reverse, "torch")
 
 
 def test_four_uneven_short_shards_in_reverse_order(tmp_path):
@@ -123,10 +146,7 @@ MODELS = {
 def _model_worker(rank, world, rendezvous, kind, sizes):
     from genossm.model import GenoSSM, ModelConfig
 
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
-                            world_size=world)
-    try:
-        torch.set_num_threads(1)
+    with joined(rank, world, rendezvous):
         torch.manual_seed(0)
         config = ModelConfig(d_model=16, n_layer=2, d_state=8, headdim=8, chunk_size=4,
                              gradient_checkpointing=True, checkpoint_segment_length=4,
@@ -151,8 +171,6 @@ def _model_worker(rank, world, rendezvous, kind, sizes):
             dist.all_reduce(grad)
             want = whole_grads[name]   # float32 rounding of the norms, relative to the largest
             assert (grad - want).abs().max() <= 1e-6 * want.abs().max() + 1e-12, name
-    finally:
-        dist.destroy_process_group()
 
 
 def test_models_over_shards_equal_one_pass(tmp_path):
@@ -163,5 +181,113 @@ def test_models_over_shards_equal_one_pass(tmp_path):
                         ("bidirectional", [8, 5, 13]), ("bimamba1_projections", [12, 14])):
         directory = tmp_path / kind
         directory.mkdir()
-        mp.spawn(_model_worker, args=(len(sizes), str(directory / "rendezvous"), kind, sizes),
-                 nprocs=len(sizes), join=True)
+        spawn(_model_worker, directory, len(sizes), kind, sizes)
+
+
+# --- evaluate and embed over shards ------------------------------------------------------------
+
+# Causal (Mamba-2) and masked bidirectional (Mamba-1) models; regions of 2,003 and 1,200 bases
+# (uneven shards: 1,002 + 1,001 bases to embed, 600 + 599 inputs to a causal model, 234 + 233
+# of the last masked window), the second on strand - and with N, and one too short to split
+# (read by rank 0 alone).
+INFERENCE_MODELS = {"causal": {}, "masked": dict(mixer="mamba1", bidirectional=True,
+                                                 objective="mlm")}
+INFERENCE_BED = "lam\t1000\t3003\ta\t0\t+\n20\t300\t1500\tb\t0\t-\nlam\t4000\t4004\tc\t0\t+\n"
+
+
+def _inference(directory, context_parallel: int) -> None:
+    """genossm evaluate and embed of every model in ``directory`` into ``directory / cp{R}``."""
+    from genossm.cli import main
+
+    out = directory / f"cp{context_parallel}"
+    common = ["--device", "cpu", "-q", "--context-parallel", str(context_parallel)]
+    for name in INFERENCE_MODELS:
+        assert main(["evaluate", str(directory / name), str(directory / "genome.zarr"), "-o",
+                     str(out / f"{name}.json"), "--regions", str(directory / "regions.bed"),
+                     "--plots", str(out / name), "--window", "512", "--max-windows", "3",
+                     *common]) == 0
+        assert main(["embed", "--model", str(directory / name), "--fasta",
+                     str(directory / "genome.fa"), "--bed", str(directory / "regions.bed"), "-o",
+                     str(out / f"{name}.zarr"), "--per-base", "--layer", "1", *common,
+                     *(["--rc-average"] if name == "causal" else [])]) == 0
+
+
+def _inference_worker(rank, world, rendezvous, directory):
+    from genossm.embed import embed
+    from genossm.errors import InputError
+
+    with joined(rank, world, rendezvous):
+        _inference(directory, world)
+        with pytest.raises(InputError, match="splits Mamba-1 and Mamba-2 blocks .* this "
+                                             "model is rc_equivariant"):
+            embed(directory / "rc", directory / "genome.fa", directory / "rc.zarr",
+                  device="cpu", context_parallel=world)
+
+
+def test_evaluate_and_embed_split_across_two_ranks_equal_one_process(tmp_path):
+    """genossm evaluate and embed with --context-parallel 2 (two gloo processes, each region or
+    window in one pass split between them, rank 0 writing) write what one process writes: the
+    same metrics (bits per base of every region, bits by position, the Markov baseline) and
+    the same embeddings, pooled and per base (with the other strand averaged in), to 1e-5; a
+    model that does not split is refused on every rank."""
+    from genossm.tokenize import tokenize
+    from helpers import CHR20, LAMBDA, fasta_records, tiny_model, write_fasta
+
+    (_, lam), = fasta_records(LAMBDA)
+    (_, chr20), = fasta_records(CHR20)
+    fasta = write_fasta(tmp_path / "genome.fa", [("lam", lam[:6000]),
+                                                 ("20", chr20[59_500:62_500])])
+    tokenize([fasta], tmp_path / "genome.zarr", progress=False)
+    (tmp_path / "regions.bed").write_text(INFERENCE_BED)
+    for name, config in INFERENCE_MODELS.items():
+        tiny_model(tmp_path / name, **config)
+    tiny_model(tmp_path / "rc", rc_equivariant=True, bidirectional=True, objective="mlm")
+    _inference(tmp_path, 1)   # first: the processes forked next start with its imports
+    spawn(_inference_worker, tmp_path, 2, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "cp2").iterdir()) == [
+        "causal", "causal.json", "causal.zarr", "masked", "masked.json", "masked.zarr"]
+    for name in INFERENCE_MODELS:
+        split, whole = (metric_numbers(tmp_path / d / f"{name}.json") for d in ("cp2", "cp1"))
+        assert split == pytest.approx(whole, rel=1e-5, nan_ok=True)
+        split, whole = (zarr_arrays(tmp_path / d / f"{name}.zarr") for d in ("cp2", "cp1"))
+        assert split.keys() == whole.keys()
+        for key, value in whole.items():
+            np.testing.assert_allclose(split[key], value, rtol=1e-5,
+                                       atol=1e-5 * np.abs(value).max())
+
+
+def metric_numbers(path) -> list[float]:
+    """The numbers of an evaluate METRICS.json: bases and bits per base (model, Markov) of the
+    whole and of every region, bases and bits of every bin by position (NaN for none)."""
+    metrics = json.loads(path.read_text())
+    numbers = [metrics[k] for k in ("bases_scored", "model_bits_per_base",
+                                    "markov_bits_per_base")]
+    for r in metrics["regions"]:
+        numbers += [r["bases"], r["model_bits_per_base"], r["markov_bits_per_base"]]
+    for b in metrics["bits_by_position"]["bins"]:
+        numbers += [b["bases"], b["bits_per_base"]]
+    return [math.nan if x is None else x for x in numbers]
+
+
+def zarr_arrays(path) -> dict:
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    return {key: group[key][:] for key in ("pooled", "per_base", "per_base_offsets")}
+
+
+def test_context_parallel_inference_needs_as_many_processes(tmp_path, capsys):
+    """evaluate and embed split each sequence across every process: --context-parallel R with
+    another number of processes (here one, no torchrun) is one error line, and writes
+    nothing."""
+    from genossm.cli import main
+    from helpers import LAMBDA, one_error_line, tiny_model
+
+    tiny_model(tmp_path / "m")
+    for argv in (["evaluate", str(tmp_path / "m"), str(tmp_path / "none.zarr"), "-o",
+                  str(tmp_path / "out.json")],
+                 ["embed", "--model", str(tmp_path / "m"), "--fasta", str(LAMBDA), "-o",
+                  str(tmp_path / "out.zarr")]):
+        assert main([*argv, "--context-parallel", "2"]) == 2
+        one_error_line(capsys, "--context-parallel 2 must equal the number of processes (1;")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

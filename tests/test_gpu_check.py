@@ -127,7 +127,7 @@ def test_context_parallel_config_and_comparison(dry):
 
     _, work, _ = dry[2]
     cfg = load_train_config(work / "cp.yaml")
-    small = load_train_config(ROOT / "config" / "models" / "small.yaml")
+    small = load_train_config(ROOT / "config" / "models" / "cpu.yaml")
     assert (cfg.precision, cfg.log_every, cfg.eval_every) == ("fp32", 1, 0)
     assert cfg.model == small.model and cfg.checkpoint_every > 10
 

@@ -296,12 +296,18 @@ def test_help_shows_the_stage_defaults(step, monkeypatch):
 
 # --- the commands pass on what was given, and only that ----------------------------------------
 class Recorder:
-    def __init__(self, result=None):
-        self.result, self.calls = result, []
+    """A stage function's stand-in: records its calls; returns ``result``, or ``answer(*args,
+    **kwargs)``."""
+
+    def __init__(self, result=None, answer=None):
+        self.result, self.answer, self.calls = result, answer, []
 
     def __call__(self, *args, **kwargs):
         self.calls.append((args, kwargs))
-        return self.result
+        return self.answer(*args, **kwargs) if self.answer else self.result
+
+
+CHOSEN = Path("cpu.yaml")   # the built-in config the fake genossm.train chooses
 
 
 @dataclasses.dataclass
@@ -329,7 +335,10 @@ def fake_modules() -> dict[str, object]:
         "genossm.tokenize": module(tokenize=Recorder(tokenized), ReadFilter=FakeReadFilter,
                                    parse_flags=lambda text: 77),
         "genossm.train": module(train=Recorder(trained), load_train_config=Recorder("cfg"),
-                                saved_train_config=Recorder({"saved": 1})),
+                                saved_train_config=Recorder({"saved": 1}),
+                                config_path=Recorder(answer=lambda config, device: (
+                                    config or CHOSEN, config is None)),
+                                describe=lambda cfg: "the config"),
         "genossm.evaluate": module(evaluate=Recorder(metrics)),
         "genossm.score": module(score_vcf=Recorder({}), format_summary=lambda s: "summary"),
         "genossm.embed": module(embed=Recorder({"regions": 1, "bases": 1, "width": 1,
@@ -380,7 +389,9 @@ def test_an_option_not_given_is_not_passed(step, monkeypatch):
     if step == "tokenize":
         assert kwargs["read_filter"] == FakeReadFilter()
     if step == "train":
-        assert fakes["genossm.train"].load_train_config.calls == [((None,), {"base": None})]
+        # without --config nor --device, the built-in default of the machine's device
+        assert fakes["genossm.train"].config_path.calls == [((None, None), {})]
+        assert fakes["genossm.train"].load_train_config.calls == [((CHOSEN,), {"base": None})]
     if step in MODEL_STEPS:
         assert fakes["genossm.runtime"].set_threads.calls == [((None,), {})]
 

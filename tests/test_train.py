@@ -3,6 +3,7 @@ gradient accumulation, torchrun with two gloo processes, and the CLI's refusals.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -22,6 +23,12 @@ from genossm.cli import main
 from genossm.errors import InputError
 from genossm.model import GenoSSM, ModelDir, load_model, read_model_info
 from genossm.train import TrainConfig, learning_rate, load_train_config, sequence_length, train
+from genossm.train_config import (
+    PRESETS,
+    builtin_config,
+    fitted_max_steps,
+    preset,
+)
 from helpers import CHR20, EX1_BAM, LAMBDA, ROOT
 
 TINY = {"d_model": 32, "n_layer": 2, "d_state": 8, "headdim": 16, "chunk_size": 32}
@@ -74,6 +81,62 @@ def test_schedules_by_hand():
     assert sequence_length(cfg, 50) == 640                      # 256 + 768/2, a multiple of 64
     assert sequence_length(cfg, 51) == 704                      # 647.7 rounded up to 64s
     assert sequence_length(cfg, 100) == 1024
+
+
+def test_schedule_fitted_to_the_time_budget_by_hand():
+    cfg = config(max_steps="auto", max_time=100.0, batch_size=8, seq_len=512, eval_every=100,
+                 eval_windows=16)
+    assert cfg.max_steps is None and learning_rate(cfg, 50) == cfg.lr   # the peak until fitted
+    # a step: 8 x 512 tokens at 1e-5 s each, plus a 100th of a validation pass over 16 x 512
+    # tokens forward only (a third of the time); 97 % of the 100 s left
+    per_step = 8 * 512 * 1e-5 + 16 * 512 * 1e-5 / 3 / 100
+    assert fitted_max_steps(cfg, 50, 1e-5, 100.0) == 50 + int(97.0 / per_step)
+    # growing windows: steps 0 and 1 take 128 and 192 tokens, then 256 each; at 1e-3 s a
+    # token, 0.32 s and then 36 steps of 0.256 s fit in 9.7 s
+    cfg = config(max_steps="auto", max_time=10.0, batch_size=1, seq_len=256, seq_len_start=128,
+                 seq_len_warmup_steps=2, eval_every=0)
+    assert fitted_max_steps(cfg, 0, 1e-3, 10.0) == 2 + 36
+    assert fitted_max_steps(cfg, 0, 1.0, 10.0) == 1          # at least one more step
+    with pytest.raises(ValueError, match="needs max_time"):
+        config(max_steps="auto")
+
+
+def test_max_steps_auto_fits_the_run_to_max_time(stores, tmp_path):
+    """The run fits max_steps to its budget once the step rate is known (after the warmup, at
+    least 10 steps in) and again at 20, 40, ... steps, logs each fit, saves the last, and its
+    learning rates follow the schedule of the fit in force."""
+    cfg = config(max_steps="auto", max_time=2.0, eval_every=0, checkpoint_every=1000)
+    summary = train([stores["lambda"]], tmp_path / "m", cfg, progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").open()]
+    fits = [m for m in lines if m["split"] == "schedule"]
+    assert [m["step"] for m in fits] == [10 * 2**k for k in range(len(fits))] and fits
+    saved = ModelDir(tmp_path / "m").train_config()
+    assert saved["max_steps"] == fits[-1]["max_steps"] >= summary["steps"]
+    assert summary["stopped"] in ("max_steps", "max_time")
+    # step s (logged as s + 1) ran with the warmup's rate, then the peak until the first fit,
+    # then each fit's schedule from the step after it
+    def rate(step: int) -> float:
+        in_force = [m["max_steps"] for m in fits if m["step"] <= step] or [None]
+        return learning_rate(dataclasses.replace(cfg, max_steps=in_force[-1]), step)
+
+    trained = [m for m in lines if m["split"] == "train"]
+    assert [m["lr"] for m in trained] == pytest.approx([rate(m["step"] - 1) for m in trained])
+
+
+def test_builtin_defaults_by_device(stores, tmp_path, capsys):
+    """Without --config, the CPU default (said in the first line); every preset builds."""
+    assert builtin_config("cpu") == preset("cpu") and builtin_config("cuda") == preset("gpu-131k")
+    assert sorted(p.stem for p in PRESETS.glob("*.yaml")) == ["cpu", "gpu-131k", "gpu-1m"]
+    for path in PRESETS.glob("*.yaml"):
+        cfg = load_train_config(path)
+        assert cfg.max_steps is None and cfg.max_time > 0   # fitted to a time budget
+        GenoSSM(cfg.model)
+    assert main(["train", str(stores["lambda"]), "-o", str(tmp_path / "m"), "--max-steps", "2",
+                 "--seq-len", "128", "--device", "cpu", "-q"]) == 0
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("genossm train: no --config: the built-in default cpu (mamba2")
+    assert ModelDir(tmp_path / "m").train_config()["model"]["n_layer"] == \
+        load_train_config(preset("cpu")).model.n_layer
 
 
 def test_loss_falls_on_real_dna(stores, tmp_path):

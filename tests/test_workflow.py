@@ -100,8 +100,8 @@ def test_benchmark_jobs_for_labelled_callsets_only(workdir):
     label_callset_by_tsv(workdir)
     config = workdir / "config/config.yaml"
     config.write_text(config.read_text().replace(
-        "  small: config/models/small.yaml", "  small: config/models/small.yaml\n"
-        "  small_b: config/models/small.yaml"))
+        "  small: config/models/cpu.yaml", "  small: config/models/cpu.yaml\n"
+        "  small_b: config/models/cpu.yaml"))
     proc = snakemake(workdir, "-n", "-p", "--cores", "2")
     out = proc.stdout + proc.stderr
     assert job_counts(out)["benchmark"] == 4
@@ -232,8 +232,8 @@ def test_three_genomes_two_models_two_callsets_and_region_sets(workdir):
                                     for g in genomes for k in (1, 2)]))
     config = workdir / "config/config.yaml"
     config.write_text(config.read_text().replace(
-        "  small: config/models/small.yaml", "  small: config/models/small.yaml\n"
-        "  small_b: config/models/small.yaml"))
+        "  small: config/models/cpu.yaml", "  small: config/models/cpu.yaml\n"
+        "  small_b: config/models/cpu.yaml"))
     proc = snakemake(workdir, "-n", "--cores", "2")
     assert job_counts(proc.stdout + proc.stderr) == {
         "tokenize": 3, "train": 6, "evaluate": 6, "score": 12, "embed": 12, "all": 1,
