@@ -4,10 +4,10 @@ slice (real human sequence) and evaluated on its held-out last 5 % (100 kb), aga
 best order-k Markov baseline fitted on the rest.
 
 The models are the example configs config/models/{mamba2,mamba1,s4d,hybrid}.yaml: the default
-schedule (config/models/small.yaml's: windows of 512, batch 8), sized alike, about 100-130 k
-parameters (d_model 64, 4 layers, d_state 16). Each run's max_steps is set from its own step
-rate (measured over a short run first), so that every schedule anneals within the budget; the
-budget (max_time) stops it otherwise.
+schedule (the built-in CPU default's, config/models/cpu.yaml: windows of 512, batch 8), sized
+alike, about 100-130 k parameters (d_model 64, 4 layers, d_state 16). Each run's max_steps is
+set from its own step rate (measured over a short run first), so that every schedule anneals
+within the budget; the budget (max_time) stops it otherwise.
 
 ``--memory``: for each model, in a fresh process each, the peak RSS above its baseline of one
 training step (forward + backward, gradient checkpointing in the config's segments) over one
