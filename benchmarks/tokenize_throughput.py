@@ -1,15 +1,27 @@
-"""Tokenize throughput against the floor of decompressing the same file (`gzip -dc`).
+"""Tokenize throughput against the floor of decompressing the same file (`gzip -dc`), and at
+whole-genome scale.
 
-Builds a FASTA.gz of real sequence (the embedded chr20 slice, repeated as several records)
-unless given one, then runs `gzip -dc FILE > /dev/null` and `genossm tokenize FILE --threads N`
-alternately, REPEAT times each, and prints the medians, their ratio (goal ≤ 2.0), bases/s and
-the tokenize process's peak RSS (goal ≤ 2 × largest contig + 300 MB).
+Default: a FASTA.gz the size of human chromosome 20 (one record of 63,025,520 bases, b37's
+chr20) made of real sequence (the embedded chr20 slice, repeated), gzip level 6; then
+`gzip -dc FILE > /dev/null` and `genossm tokenize FILE --threads N` run alternately, REPEAT
+times each, and the script prints the medians, their ratio (goal <= 1.5; also the ratio of CPU
+time, the steadier figure on a shared machine), bases/s and the tokenize process's peak RSS
+(goal <= 1 GB). `--total-mb/--largest-mb` build several records instead (one of LARGEST Mb,
+the rest 2 Mb each); `--input` takes a FASTA.gz as it is.
+
+`--genome`: a 3.1 Gb FASTA.gz of the same real sequence in 25 records with the sizes of GRCh38's
+chromosomes (chr1 249 Mb ... chrM), compressed with ISA-L (level 3: building it with zlib would
+take longer than tokenizing it), tokenized once (REPEAT times with --repeat), after `gzip -dc`:
+time, throughput, CPU, peak RSS (goal <= 1 GB whatever the genome's size) and the store's size
+on disk. `--keep-store PATH` keeps the store (benchmarks/store_read.py reads one). `--also DIR`
+times another genossm package (say, the last commit's) in the same alternation.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import os
 import shutil
 import statistics
@@ -19,92 +31,190 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 CHR20 = ROOT / "config" / "data" / "chr20_b37_1-2000000.fa.gz"
+CHR20_LENGTH = 63_025_520   # GRCh37 chromosome 20
+# GRCh38 primary assembly: chr1..22, X, Y, M (3,088,286,401 bases)
+GRCH38 = {
+    "chr1": 248_956_422, "chr2": 242_193_529, "chr3": 198_295_559, "chr4": 190_214_555,
+    "chr5": 181_538_259, "chr6": 170_805_979, "chr7": 159_345_973, "chr8": 145_138_636,
+    "chr9": 138_394_717, "chr10": 133_797_422, "chr11": 135_086_622, "chr12": 133_275_309,
+    "chr13": 114_364_328, "chr14": 107_043_718, "chr15": 101_991_189, "chr16": 90_338_345,
+    "chr17": 83_257_441, "chr18": 80_373_285, "chr19": 58_617_616, "chr20": 64_444_167,
+    "chr21": 46_709_983, "chr22": 50_818_468, "chrX": 156_040_895, "chrY": 57_227_415,
+    "chrM": 16_569,
+}
+WIDTH = 60
 
 
-def build_input(path: Path, total_mb: int, largest_mb: int) -> tuple[int, int]:
-    """Write records of real chr20 sequence: one of ``largest_mb`` Mb, the rest 2 Mb each."""
-    with gzip.open(CHR20, "rt") as fh:
-        seq = "".join(line.strip() for line in fh if not line.startswith(">"))
-    seq = seq[60_000:]  # skip the telomeric N run
-    sizes = [largest_mb * 1_000_000]
-    while sum(sizes) < total_mb * 1_000_000:
-        sizes.append(2_000_000)
-    with gzip.open(path, "wt", compresslevel=6) as out:
-        for i, size in enumerate(sizes):
-            out.write(f">bench_{i} real chr20 sequence, repeated\n")
-            record = (seq * (size // len(seq) + 1))[:size]
-            out.write("\n".join(record[j:j + 60] for j in range(0, size, 60)))
-            out.write("\n")
-    return sum(sizes), max(sizes)
+def real_sequence() -> bytes:
+    """The embedded chr20 slice after its telomeric N run (1.94 Mb of real sequence)."""
+    with gzip.open(CHR20, "rb") as fh:
+        seq = b"".join(line.strip() for line in fh if not line.startswith(b">"))
+    return seq[60_000:]
 
 
-def run(cmd: list[str], stdout=subprocess.DEVNULL) -> tuple[float, int]:
-    """Wall time and peak RSS (bytes) of one child process."""
+def wrapped(seq: bytes, size: int, piece_lines: int = 100_000):
+    """``size`` bases of ``seq`` repeated, as FASTA lines of WIDTH, in pieces of text."""
+    period = np.frombuffer(seq, np.uint8)
+    done = 0
+    while done < size:
+        n = min(size - done, piece_lines * WIDTH)
+        idx = (np.arange(done, done + n) % period.size)
+        letters = period[idx]
+        full = n // WIDTH
+        lines = np.empty((full, WIDTH + 1), np.uint8)
+        lines[:, :WIDTH] = letters[:full * WIDTH].reshape(full, WIDTH)
+        lines[:, WIDTH] = ord("\n")
+        text = lines.tobytes()
+        if n % WIDTH:
+            text += letters[full * WIDTH:].tobytes() + b"\n"
+        yield text
+        done += n
+
+
+def build_input(path: Path, records: dict[str, int], *, fast: bool = False) -> None:
+    """Write ``records`` (name -> bases) of real sequence as FASTA.gz (``fast``: ISA-L
+    level 3, else zlib level 6), under a temporary name renamed when complete."""
+    seq = real_sequence()
+    tmp = path.with_name(path.name + ".tmp")
+    if fast:
+        from isal import igzip
+
+        out = igzip.open(tmp, "wb", compresslevel=3)
+    else:
+        out = gzip.open(tmp, "wb", compresslevel=6)
+    with out:
+        for name, size in records.items():
+            out.write(f">{name} real chr20 sequence, repeated\n".encode())
+            for text in wrapped(seq, size):
+                out.write(text)
+    tmp.rename(path)
+
+
+def run(cmd: list[str], stdout=subprocess.DEVNULL, env=None, cwd=None
+        ) -> tuple[float, float, int]:
+    """Wall time, CPU time (user + system) and peak RSS (bytes) of one child process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()}")
-    return elapsed, usage.ru_maxrss * 1024
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+
+
+def disk_usage(path: Path) -> tuple[int, int]:
+    """(bytes allocated on disk, files) under ``path``."""
+    total = files = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            total += os.stat(os.path.join(root, name)).st_blocks * 512
+            files += 1
+    return total, files
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input", type=Path, help="a FASTA.gz to use instead of building one")
-    ap.add_argument("--total-mb", type=int, default=100)
-    ap.add_argument("--largest-mb", type=int, default=40)
+    ap.add_argument("--genome", action="store_true",
+                    help="3.1 Gb in 25 records with GRCh38's chromosome sizes, tokenized once")
+    ap.add_argument("--total-mb", type=int, help="several records: this many Mb in all")
+    ap.add_argument("--largest-mb", type=int, default=40, help="...the largest this long")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, help="runs of each command (default 5; 1 with "
+                                                "--genome)")
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "out",
+                    help="where built inputs are kept (default benchmarks/out)")
+    ap.add_argument("--keep-store", type=Path, help="write the store here and keep it")
+    ap.add_argument("--also", type=Path, metavar="DIR",
+                    help="also time the genossm package in DIR (e.g. `git archive HEAD genossm "
+                         "| tar -x -C DIR`), in the same alternation")
     args = ap.parse_args()
+    repeat = args.repeat or (1 if args.genome else 5)
+    if args.also:
+        args.also = args.also.resolve()
 
-    out_dir = ROOT / "benchmarks" / "out"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.input:
-        path, total, largest = args.input, None, None
+        path, fast = args.input.resolve(), False
     else:
-        path = out_dir / f"chr20_x{args.total_mb}Mb.fa.gz"
-        stamp = path.with_suffix(".sizes")
-        if not path.exists() or not stamp.exists():
-            total, largest = build_input(path, args.total_mb, args.largest_mb)
-            stamp.write_text(f"{total} {largest}")
-        total, largest = map(int, stamp.read_text().split())
+        if args.genome:
+            records, name, fast = GRCH38, "genome_grch38_sizes.fa.gz", True
+        elif args.total_mb:
+            sizes = [args.largest_mb * 1_000_000]
+            while sum(sizes) < args.total_mb * 1_000_000:
+                sizes.append(2_000_000)
+            records = {f"bench_{i}": s for i, s in enumerate(sizes)}
+            name, fast = f"chr20_x{args.total_mb}Mb.fa.gz", False
+        else:
+            records, name, fast = {"chr20": CHR20_LENGTH}, "chr20_size.fa.gz", False
+        path = args.out_dir.resolve() / name
+        if not path.exists():
+            print(f"building {path} ...", flush=True)
+            build_input(path, records, fast=fast)
 
     genossm = [sys.executable, "-m", "genossm"]
-    work = Path(tempfile.mkdtemp(prefix="genossm-bench-"))
-    store = work / "bench.zarr"
-    gz_times, tok_times, rss = [], [], []
+    # Bytecode first, as an installed package has it: where PYTHONDONTWRITEBYTECODE is set (as
+    # in this project's sandbox) every run would otherwise compile genossm's modules again.
+    import genossm as package
+
+    for folder in (Path(package.__file__).parent, args.also and args.also / "genossm"):
+        if folder:
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(folder)], check=True)
+    work = Path(tempfile.mkdtemp(prefix="genossm-bench-", dir=args.out_dir)).resolve()
+    store = args.keep_store.resolve() if args.keep_store else work / "bench.zarr"
+    gz, tok, also = [], [], []
+    tokenize = [*genossm, "tokenize", str(path), "-o", str(store), "-q",
+                "--threads", str(args.threads)]
     try:
-        for _ in range(args.repeat):
+        for _ in range(repeat):
             with open(os.devnull, "wb") as null:
-                gz_times.append(run(["gzip", "-dc", str(path)], stdout=null)[0])
+                gz.append(run(["gzip", "-dc", str(path)], stdout=null))
+            if args.also:
+                shutil.rmtree(store, ignore_errors=True)
+                # run from DIR: `python -m` puts the working directory first on sys.path
+                also.append(run(tokenize, env={**os.environ, "PYTHONPATH": str(args.also)},
+                                cwd=args.also))
             shutil.rmtree(store, ignore_errors=True)  # not part of the timing
-            t, r = run([*genossm, "tokenize", str(path), "-o", str(store), "-q",
-                        "--threads", str(args.threads)])
-            tok_times.append(t)
-            rss.append(r)
-        info = subprocess.run([*genossm, "info", str(store), "--json"], capture_output=True,
-                              text=True, check=True).stdout
+            tok.append(run(tokenize))
+        contigs = json.loads(subprocess.run([*genossm, "info", str(store), "--json"],
+                                            capture_output=True, text=True,
+                                            check=True).stdout)["contigs"]
+        store_bytes, store_files = disk_usage(store)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if total is None:
-        import json
+    total, largest = sum(c["length"] for c in contigs), max(c["length"] for c in contigs)
 
-        contigs = json.loads(info)["contigs"]
-        total, largest = sum(c["length"] for c in contigs), max(c["length"] for c in contigs)
+    def median(runs, i):
+        return statistics.median(r[i] for r in runs)
 
-    gz, tok, peak = statistics.median(gz_times), statistics.median(tok_times), max(rss)
-    rss_goal = 2 * largest + 300e6
-    print(f"input: {path.name}, {path.stat().st_size / 1e6:.1f} MB gzip, {total / 1e6:.0f} Mb "
-          f"in FASTA records (largest {largest / 1e6:.0f} Mb); threads {args.threads}; "
-          f"median of {args.repeat}")
-    print(f"gzip -dc            {gz:7.2f} s   {total / gz / 1e6:7.1f} Mb/s")
-    print(f"genossm tokenize    {tok:7.2f} s   {total / tok / 1e6:7.1f} Mb/s")
-    print(f"ratio tokenize / gzip -dc: {tok / gz:.2f}   (goal <= 2.0)")
-    print(f"peak RSS: {peak / 1e6:.0f} MB   (goal <= 2 x largest contig + 300 MB "
-          f"= {rss_goal / 1e6:.0f} MB)")
+    peak = max(r[2] for r in tok)
+    print(f"input: {path.name}, {path.stat().st_size / 1e6:,.1f} MB gzip, "
+          f"{total / 1e6:,.1f} Mb in {len(contigs)} FASTA records (largest "
+          f"{largest / 1e6:.1f} Mb); threads {args.threads}; median of {repeat} alternating "
+          f"run{'s' if repeat > 1 else ''}")
+    print(f"gzip -dc            {median(gz, 0):7.2f} s   {total / median(gz, 0) / 1e6:7.1f} "
+          f"Mb/s   CPU {median(gz, 1):.2f} s")
+    t = median(tok, 0)
+    print(f"genossm tokenize    {t:7.2f} s   {total / t / 1e6:7.1f} Mb/s   "
+          f"CPU {median(tok, 1):.2f} s   (runs: {', '.join(f'{r[0]:.2f}' for r in tok)})")
+    if also:
+        a = median(also, 0)
+        print(f"genossm in {args.also}: {a:7.2f} s   {total / a / 1e6:7.1f} Mb/s   "
+              f"CPU {median(also, 1):.2f} s   ratio to gzip -dc {a / median(gz, 0):.2f}   "
+              f"peak RSS {max(r[2] for r in also) / 1e6:.0f} MB")
+    ratios = [r[0] / g[0] for r, g in zip(tok, gz, strict=True)]
+    print(f"ratio tokenize / gzip -dc: {t / median(gz, 0):.2f} (of the medians; per pair: "
+          f"{', '.join(f'{x:.2f}' for x in ratios)}; of CPU time "
+          f"{median(tok, 1) / median(gz, 1):.2f})   (goal <= 1.5)")
+    print(f"peak RSS: {peak / 1e6:.0f} MB   (goal <= 1 GB)")
+    print(f"store: {store_bytes / 1e6:,.1f} MB on disk in {store_files:,} files, "
+          f"{store_bytes / total:.3f} bytes/base")
+    if load := getattr(os, "getloadavg", None):
+        print(f"load average at the end: {' '.join(f'{x:.1f}' for x in load())}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 
 from genossm import alphabet
 from genossm.cli import main
-from genossm.data import SplitConfig, WindowDataset, split_regions
+from genossm.data import SplitConfig, WindowDataset, lm_batch, split_regions
 from genossm.errors import InputError
 from genossm.regions import Region
 from genossm.store import TokenStore
@@ -119,6 +119,25 @@ def test_rc_augmentation_is_half_and_exact(stores):
             assert np.array_equal(alphabet.reverse_complement(a.astype(np.uint8)), b)
             flipped += 1
     assert 70 < flipped < 130
+
+
+def test_windows_are_stored_codes_and_lm_batch_widens_them(stores):
+    """Windows carry the store's uint8 codes (an eighth of int64's bytes to collate and copy
+    to the device); lm_batch gives the model int64 inputs and targets of the same values."""
+    train, _ = split_regions(stores[:1], SplitConfig())
+    ds = WindowDataset(stores[:1], train, 256, num_samples=8, seed=5)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(8)])
+    assert batch["tokens"].dtype == torch.uint8 and batch["loss_mask"].dtype == torch.bool
+    wide = batch["tokens"].long()
+    inputs, targets, weights = lm_batch(batch["tokens"], batch["loss_mask"], "clm", 0.15)
+    assert inputs.dtype == targets.dtype == torch.int64
+    assert torch.equal(inputs, wide[:, :-1]) and torch.equal(targets, wide[:, 1:])
+    assert torch.equal(weights, batch["loss_mask"][:, 1:])
+    inputs, targets, chosen = lm_batch(batch["tokens"], batch["loss_mask"], "mlm", 0.15,
+                                       torch.Generator().manual_seed(0))
+    assert inputs.dtype == targets.dtype == torch.int64 and torch.equal(targets, wide)
+    assert torch.equal(inputs[~chosen], wide[~chosen])
+    assert (inputs[chosen] == alphabet.MASK).all() and chosen.any()
 
 
 @pytest.mark.parametrize("workers", [0, 1, 2])

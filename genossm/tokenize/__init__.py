@@ -39,8 +39,6 @@ def tokenize(inputs: list[Path], output: Path, *, force: bool = False,
     """Tokenize every input into one new store at ``output``; returns a summary dict.
     ``features`` (types, comma-separated: "CDS,gene") writes those features of the GenBank/EMBL
     inputs as a BED at ``features_bed`` (default: beside the store, STORE.features.bed)."""
-    import zarr
-
     read_filter = read_filter or ReadFilter()
     inputs = [Path(p) for p in inputs]
     for p in inputs:
@@ -58,8 +56,6 @@ def tokenize(inputs: list[Path], output: Path, *, force: bool = False,
     sources = []
     with ExitStack() as stack:
         side_outputs = stack.enter_context(StagedOutputs())   # renamed after the store
-        stack.enter_context(zarr.config.set({"threading.max_workers": max(1, threads),
-                                             "async.concurrency": max(1, 2 * threads)}))
         store = stack.enter_context(StoreWriter(output, inputs=inputs + [reference],
                                                 force=force, chunk_size=chunk_size,
                                                 threads=threads))

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from isal import igzip, igzip_lib
-from tqdm import tqdm
 
 from genossm.errors import InputError
 
@@ -57,7 +56,28 @@ def _gzip_head(path: Path, size: int = 4) -> bytes:
     return head
 
 
-def _read_blocks(path: Path, progress: tqdm | None):
+def progress_bar(progress: bool, **settings):
+    """A tqdm bar with ``settings`` (off where stderr is no terminal), or, when ``progress``
+    is off (``-q``), a stand-in that only counts: a quiet run never imports tqdm, a few
+    hundredths of a second of its start."""
+    if not progress:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(disable=None, leave=False, **settings)
+
+
+class _NoBar:
+    n = 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def close(self) -> None:
+        pass
+
+
+def _read_blocks(path: Path, progress):
     """Yield decompressed blocks of ``path``; a daemon thread reads ahead (ISA-L inflate
     releases the GIL, so decompression overlaps with encoding)."""
     q: queue.Queue = queue.Queue(maxsize=3)

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from genossm import __version__, alphabet
 from genossm.errors import InputError
@@ -35,6 +34,7 @@ from genossm.tokenize.compressed import (
     decompress_error,
     gzip_fault,
     gzip_fault_error,
+    progress_bar,
 )
 from genossm.tokenize.fasta import ContigCounts, ContigSummary
 
@@ -101,7 +101,8 @@ class _ContigEncoder(ContigCounts):
             shown = chr(letters[pos]) if 32 < letters[pos] < 127 else f"\\x{letters[pos]:02x}"
             raise InputError(self.path, f"invalid character '{shown}' in sequence",
                              place=f"{self.place}, base {self.length + pos + 1:,}")
-        upper = letters.translate(alphabet.UPPER_BYTES)
+        # below SOFTMASK_BIT every letter is an upper-case A C G T or N
+        upper = letters if top < alphabet.SOFTMASK_BIT else letters.upper()
         self.md5.update(upper)
         self.append(tagged, top, upper)
 
@@ -180,7 +181,7 @@ def tokenize_flat_file(path: Path, fmt: str, store: StoreWriter, *,
     """Every record of a GenBank or EMBL file (plain or gzip) into ``store``; the features of
     the chosen types into ``features``."""
     summary = FlatFileSummary(path=str(path), format=fmt)
-    bar = tqdm(unit=" records", desc=path.name, disable=None if progress else True, leave=False)
+    bar = progress_bar(progress, unit=" records", desc=path.name)
     try:
         for flat in _records(path, fmt):
             encoder = _ContigEncoder(store.add_contig(flat.name, f"{path}: {flat.place}"), path,
@@ -224,8 +225,8 @@ def tokenize_twobit(path: Path, store: StoreWriter, *, progress: bool = True) ->
     no length are skipped with a warning, like FASTA's empty records."""
     summary = FlatFileSummary(path=str(path), format="twobit")
     twobit = TwoBitFile(path)
-    bar = tqdm(total=sum(twobit.lengths.values()), unit="bp", unit_scale=True, desc=path.name,
-               disable=None if progress else True, leave=False)
+    bar = progress_bar(progress, total=sum(twobit.lengths.values()), unit="bp",
+                       unit_scale=True, desc=path.name)
     try:
         for number, (name, length) in enumerate(twobit.lengths.items(), 1):
             if length == 0:

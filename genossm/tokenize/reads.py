@@ -8,8 +8,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from genossm import alphabet
 from genossm.errors import InputError
 from genossm.store import StoreWriter
@@ -20,6 +18,7 @@ from genossm.tokenize.compressed import (
     _open_decompressed,
     gzip_fault,
     gzip_fault_error,
+    progress_bar,
 )
 
 FLAG_NAMES = {"PAIRED": 0x1, "PROPER_PAIR": 0x2, "UNMAP": 0x4, "MUNMAP": 0x8, "REVERSE": 0x10,
@@ -347,8 +346,7 @@ class _ReadBatcher:
 
     def __init__(self, path: Path, writer, summary: ReadsSummary, progress: bool):
         self.path, self.writer, self.summary = path, writer, summary
-        self.bar = tqdm(unit=" reads", desc=path.name, leave=False,
-                        disable=None if progress else True)
+        self.bar = progress_bar(progress, unit=" reads", desc=path.name)
         self._reset()
 
     def _reset(self):
