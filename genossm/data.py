@@ -93,7 +93,10 @@ class WindowDataset(torch.utils.data.Dataset):
     with more than ``max_n_fraction`` N are redrawn. With ``rc_augment`` half of the windows are
     reverse-complemented.
 
-    Returns ``{"tokens": int64 [seq_len], "loss_mask": bool [seq_len]}``; the mask is False on
+    Returns ``{"tokens": uint8 [seq_len], "loss_mask": bool [seq_len]}``: the codes as the
+    store holds them, an eighth of int64's bytes to collate, pin and copy to the device (a batch
+    of 8 windows of 2^20 is 8 MiB, not 64); ``lm_batch`` widens them to int64 where the batch
+    is used (benchmarks/store_read.py, BENCHMARKS.md "Store reads"). The mask is False on
     N and padding, which are never targets. ``source`` names where ``seq_len`` came from (the
     --config file or the option), for errors.
     """
@@ -132,6 +135,13 @@ class WindowDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    @property
+    def bases(self) -> int:
+        """The bases the windows are drawn from: the intervals at least seq_len long, and the
+        reads (when used); one pass over them is an epoch (TrainConfig.max_epochs)."""
+        reads = int(self.read_cum[-1]) if len(self.read_cum) else 0
+        return sum(iv.length for iv in self.intervals) + reads
+
     def __getitem__(self, index: int) -> dict:
         try:
             return self._item(index)
@@ -149,7 +159,7 @@ class WindowDataset(torch.utils.data.Dataset):
                 if self.rc_augment and rng.random() < 0.5:
                     codes = alphabet.reverse_complement(codes)
                     valid = valid[::-1]
-                return {"tokens": torch.from_numpy(codes.astype(np.int64)),
+                return {"tokens": torch.from_numpy(np.ascontiguousarray(codes)),
                         "loss_mask": torch.from_numpy(np.ascontiguousarray(valid))}
         raise InputError(self.source, f"no window with at most {self.max_n_fraction:.0%} N "
                                       f"found in {self.max_tries} draws; lower seq_len or "
@@ -231,8 +241,11 @@ def mlm_inputs(tokens: torch.Tensor, mask: torch.Tensor, probability: float,
 
 def lm_batch(tokens: torch.Tensor, mask: torch.Tensor, objective: str, mlm_probability: float,
              generator: torch.Generator | None = None):
-    """(inputs, targets, target weights) of a batch of windows. clm: inputs are tokens 0..L-2
-    and logits t predict token t+1; mlm: masked tokens are predicted where they stand."""
+    """(inputs, targets, target weights) of a batch of windows (``tokens``: codes of any
+    integer type, e.g. WindowDataset's uint8; inputs and targets are int64). clm: inputs are
+    tokens 0..L-2 and logits t predict token t+1; mlm: masked tokens are predicted where they
+    stand."""
+    tokens = tokens.long()
     if objective == "clm":
         return tokens[:, :-1], tokens[:, 1:], mask[:, 1:]
     inputs, chosen = mlm_inputs(tokens, mask, mlm_probability, generator)
