@@ -48,6 +48,9 @@ VARIANTS = {
     "d_state 64": {"model": {"d_state": 64}},
     "weight decay 0": {"weight_decay": 0.0},
     "s4d": {"model": {"mixer": "s4d"}},
+    "passes 10": {"max_epochs": 10},
+    "passes 40": {"max_epochs": 40},
+    "passes unlimited": {"max_epochs": None},
 }
 
 

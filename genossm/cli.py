@@ -145,13 +145,13 @@ def _cmd_train(args) -> int:
     # resuming without --config continues with the run's own config; a new run without one
     # takes the built-in default of its device (said in its first line)
     base = saved_train_config(output) if kw.get("resume") and config is None else None
-    chosen = False
     if base is None:
         config, chosen = config_path(config, kw.get("device"))
+        if chosen:
+            kw["announce"] = f"genossm train: no --config: the built-in default {config.stem}"
     cfg = load_train_config(config, base=base, **overrides)
-    if chosen and int(os.environ.get("RANK", "0")) == 0:
-        print(f"genossm train: no --config: the built-in default {config.stem} ({describe(cfg)})",
-              file=sys.stderr, flush=True)
+    if "announce" in kw:
+        kw["announce"] += f" ({describe(cfg)})"
     s = train(stores, output, cfg, **kw)
     if s["world_size"] > 1 and int(os.environ.get("RANK", "0")) != 0:
         return 0

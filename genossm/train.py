@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ from genossm.train_config import (
     check_same_split,
     config_path,
     describe,
+    epoch_steps,
     fitted_max_steps,
     fitting_step,
     learning_rate,
@@ -262,9 +264,11 @@ class _StopSignal:
 
 def train(store_paths: list, output, cfg: TrainConfig, *, device: str | None = None,
           resume: bool = False, force: bool = False, progress: bool = True,
-          context_parallel: int = 1) -> dict:
+          context_parallel: int = 1, announce: str | None = None) -> dict:
     """Train a model on the stores; write checkpoints to ``output``. ``context_parallel``:
-    ranks per sequence under torchrun (module docstring). Returns a summary."""
+    ranks per sequence under torchrun (module docstring); ``announce``: a line for standard
+    error once the run has started (inputs checked), before its first step. Returns a
+    summary."""
     # open the run: a new one, or the checkpoint in ``output`` resumed
     ranks = Dist.setup(device, context_parallel)
     _check_context_parallel(cfg, ranks.context)
@@ -283,11 +287,13 @@ def train(store_paths: list, output, cfg: TrainConfig, *, device: str | None = N
     val_batches = _validation_batches(stores, val_iv, cfg) if cfg.eval_every else []
 
     # the loop: one optimizer step a turn
+    if announce and ranks.main:
+        print(announce, file=sys.stderr, flush=True)
     bar = tqdm(total=cfg.max_steps, initial=run.step, disable=not (progress and ranks.main),
                unit="step", dynamic_ncols=True)
     run.start_clock()
     micro_batches = iter(loader)
-    fit = _ScheduleFit(run) if cfg.max_steps is None else None   # keeps fitting max_steps
+    fit = _ScheduleFit(run, loader.dataset.bases) if cfg.max_steps is None else None
     stopped = "max_steps"
     with _StopSignal() as stop:
         while cfg.max_steps is None or run.step < cfg.max_steps:
@@ -345,10 +351,12 @@ class _ScheduleFit:
     the fitting step, and again at 2, 4, 8, ... times it, each time from this rank's seconds per
     window token of the optimizer steps since the last fit (validation and checkpoints aside,
     and the first two steps, which allocate), averaged over the ranks: the estimate follows a
-    machine whose speed changes, and the last fits, made late, are close."""
+    machine whose speed changes, and the last fits, made late, are close. With max_epochs, no
+    more steps than its passes over the training ``bases`` (train_config.epoch_steps)."""
 
-    def __init__(self, run: Run):
+    def __init__(self, run: Run, bases: int):
         self.run, self.skip = run, run.step + 2
+        self.most = epoch_steps(run.cfg, bases, run.ranks.data_world)
         self.next = max(fitting_step(run.cfg), self.skip + 3)
         self.seconds, self.tokens = 0.0, 0
 
@@ -359,13 +367,17 @@ class _ScheduleFit:
         if run.step > self.skip:
             self.seconds += seconds
             self.tokens += cfg.grad_accum * cfg.batch_size * length
-        if run.step < self.next:
+        if run.step < self.next and run.step != self.most:
             return None
-        per_token, left = run.ranks.mean([self.seconds / self.tokens,
-                                          cfg.max_time - (time.monotonic() - run.started)])
+        steps = run.step + 1   # (passes done before the rate is measured: the run ends now)
+        if self.tokens:
+            per_token, left = run.ranks.mean([self.seconds / self.tokens,
+                                              cfg.max_time - (time.monotonic() - run.started)])
+            steps = fitted_max_steps(cfg, run.step, per_token, left)
         self.next, self.seconds, self.tokens = 2 * run.step, 0.0, 0
-        return dataclasses.replace(cfg, max_steps=fitted_max_steps(cfg, run.step, per_token,
-                                                                   left))
+        if self.most is not None:
+            steps = min(steps, max(self.most, run.step))
+        return dataclasses.replace(cfg, max_steps=steps)
 
 
 def _check_context_parallel(cfg: TrainConfig, context: int) -> None:

@@ -40,6 +40,7 @@ class TrainConfig:
     grad_accum: int = 1               # micro-batches per optimizer step
     max_steps: int | None = 1000      # None ("auto" in YAML / --max-steps auto): fit to max_time
     max_time: float | None = None     # seconds of this invocation; stops with a checkpoint
+    max_epochs: float | None = None   # max_steps auto: at most this many passes over the data
     lr: float = 2e-3
     min_lr: float = 2e-4              # cosine decay ends here at max_steps
     warmup_steps: int = 100
@@ -83,6 +84,8 @@ class TrainConfig:
             raise ValueError("seq_len_start must be in 0..seq_len")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError("mlm_probability must be in (0, 1)")
+        if self.max_epochs is not None and not self.max_epochs > 0:
+            raise ValueError(f"max_epochs must be positive, got {self.max_epochs!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if not 0.0 <= self.min_lr <= self.lr:
@@ -203,6 +206,8 @@ def describe(cfg: TrainConfig) -> str:
     """A config in a few words, for the line that says which one a run took."""
     m = cfg.model
     steps = f"{cfg.max_steps:,} steps" if cfg.max_steps else "steps fitted to the time budget"
+    if cfg.max_epochs and not cfg.max_steps:
+        steps += f" and at most {cfg.max_epochs:g} passes over the data"
     budget = f", --max-time {cfg.max_time:g} s" if cfg.max_time else ""
     return (f"{m.mixer} d_model {m.d_model} x {m.n_layer} layers, windows of {cfg.seq_len:,}, "
             f"{steps}{budget}")
@@ -300,6 +305,21 @@ def fitting_step(cfg: TrainConfig) -> int:
     end of the learning-rate warmup (whose rates do not depend on max_steps), at least 10 steps
     in so that the rate is measured over several steps."""
     return max(10, cfg.warmup_steps)
+
+
+def epoch_steps(cfg: TrainConfig, bases: int, world: int = 1) -> int | None:
+    """The steps whose windows (of ``world`` ranks in data parallelism, lengths by
+    ``sequence_length``) hold ``cfg.max_epochs`` passes over ``bases`` (None without
+    max_epochs): a small genome is learnt in a few dozen passes and overfit after them
+    (BENCHMARKS.md, "The training recipe")."""
+    if cfg.max_epochs is None:
+        return None
+    step, tokens, goal = 0, 0, cfg.max_epochs * bases
+    while step < cfg.seq_len_warmup_steps and tokens < goal:    # windows still growing
+        tokens += world * cfg.grad_accum * cfg.batch_size * sequence_length(cfg, step)
+        step += 1
+    per_step = world * cfg.grad_accum * cfg.batch_size * cfg.seq_len
+    return step + max(0, math.ceil((goal - tokens) / per_step))
 
 
 def fitted_max_steps(cfg: TrainConfig, step: int, seconds_per_token: float,

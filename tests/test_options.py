@@ -385,7 +385,8 @@ def test_an_option_not_given_is_not_passed(step, monkeypatch):
     fakes = run_with_fakes(monkeypatch, MINIMAL[step])
     (args, kwargs), = getattr(fakes[f"genossm.{step}"], STAGE_FUNCTION[step]).calls
     passed = set(kwargs) - {"read_filter"}       # tokenize: ReadFilter() with its defaults
-    assert passed <= {"fasta", "model_dir", "output", "label_info"}, passed
+    # (train: the line naming the built-in config it chose, without --config)
+    assert passed <= {"fasta", "model_dir", "output", "label_info", "announce"}, passed
     if step == "tokenize":
         assert kwargs["read_filter"] == FakeReadFilter()
     if step == "train":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from genossm.train import TrainConfig, learning_rate, load_train_config, sequenc
 from genossm.train_config import (
     PRESETS,
     builtin_config,
+    epoch_steps,
     fitted_max_steps,
     preset,
 )
@@ -99,6 +101,13 @@ def test_schedule_fitted_to_the_time_budget_by_hand():
     assert fitted_max_steps(cfg, 0, 1.0, 10.0) == 1          # at least one more step
     with pytest.raises(ValueError, match="needs max_time"):
         config(max_steps="auto")
+    # max_epochs: 2.5 passes over 1,000 bases in steps of 2 ranks x 4 windows: 128 and 192
+    # tokens a window over the window warmup (2,560 tokens), then 256 (2,500 - 2,560 left)
+    cfg = config(max_steps="auto", max_time=10.0, max_epochs=2.5, batch_size=4, seq_len=256,
+                 seq_len_start=128, seq_len_warmup_steps=2)
+    assert epoch_steps(cfg, 1000, world=2) == 2
+    assert epoch_steps(cfg, 3000, world=2) == 2 + math.ceil((7500 - 2560) / (2 * 4 * 256))
+    assert epoch_steps(config(), 1000) is None
 
 
 def test_max_steps_auto_fits_the_run_to_max_time(stores, tmp_path):
@@ -121,6 +130,17 @@ def test_max_steps_auto_fits_the_run_to_max_time(stores, tmp_path):
 
     trained = [m for m in lines if m["split"] == "train"]
     assert [m["lr"] for m in trained] == pytest.approx([rate(m["step"] - 1) for m in trained])
+
+
+def test_max_epochs_ends_a_run_on_a_small_genome(stores, tmp_path):
+    """With max_epochs, the fitted max_steps holds at most that many passes over the training
+    bases: 0.2 passes over lambda's 46,077 training bases in steps of 4 x 128 tokens are 18
+    steps, however long the time budget."""
+    cfg = config(max_steps="auto", max_time=600.0, max_epochs=0.2, eval_every=0)
+    summary = train([stores["lambda"]], tmp_path / "m", cfg, progress=False)
+    assert summary["train_bases"] == 46_077 and math.ceil(0.2 * 46_077 / 512) == 18
+    assert summary["steps"] == 18 and summary["stopped"] == "max_steps"
+    assert ModelDir(tmp_path / "m").train_config()["max_steps"] == 18
 
 
 def test_builtin_defaults_by_device(stores, tmp_path, capsys):

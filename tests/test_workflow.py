@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pysam
 import pytest
+import yaml
 import zarr
 
 from genossm.store import TokenStore
@@ -134,9 +135,13 @@ def test_whole_dag_then_nothing_to_do_then_report(workdir, tmp_path):
     training cut to a few steps and a short scoring window; a second run does nothing; the
     HTML report holds the plots and renders in headless Chromium."""
     config = workdir / "config/config.yaml"
+    tiny = yaml.safe_load((workdir / "config/models/cpu.yaml").read_text())
+    tiny["model"].update(n_layer=1, d_model=32)         # the example's model, one thin layer
+    (workdir / "config/models/tiny.yaml").write_text(yaml.safe_dump(tiny))
     config.write_text(config.read_text().replace("max_steps: null", "max_steps: 6")
                       .replace("markov_max_order: 10", "markov_max_order: 4")
-                      .replace("window: 4096", "window: 256"))
+                      .replace("window: 4096", "window: 256")
+                      .replace("small: config/models/cpu.yaml", "small: config/models/tiny.yaml"))
     label_callset_by_tsv(workdir)
     snakemake(workdir, "--cores", "2")
     info = json.loads((workdir / "results/models/chr20/small/config.json").read_text())
@@ -177,7 +182,7 @@ def test_whole_dag_then_nothing_to_do_then_report(workdir, tmp_path):
             assert png.read_bytes()[:4] == b"\x89PNG"
     assert not list((workdir / "results/benchmark/chr20/small").glob("tabix_4*"))
     emb = zarr.open_group(workdir / "results/embed/chr20/small/chr20_tiles.zarr", mode="r")
-    assert emb["pooled"].shape == (10, 64)
+    assert emb["pooled"].shape == (10, 32)                   # tiny.yaml's d_model
     assert list(emb["regions/start"][:]) == list(range(100_000, 2_000_000, 190_000))
     for rule, name in (("train", "chr20/small"), ("evaluate", "chr20/small"),
                        ("score", "chr20/small/tabix_5"), ("embed", "chr20/small/chr20_tiles"),
