@@ -137,6 +137,8 @@ def main() -> None:
     if args.also:
         args.also = args.also.resolve()
 
+    if args.keep_store and args.keep_store.exists():   # it is replaced before every run
+        sys.exit(f"{args.keep_store}: exists; --keep-store takes a new path")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.input:
         path, fast = args.input.resolve(), False

@@ -240,18 +240,23 @@ def mask_positions(codes: np.ndarray, key: tuple[int, int]) -> np.ndarray:
     return np.sort(rng.choice(candidates, size=size, replace=False))
 
 
-def _masked_log2p(model: GenoSSM, codes: np.ndarray, positions: np.ndarray,
-                  device) -> np.ndarray:
+def _masked_log2p(model: GenoSSM, codes: np.ndarray, positions: np.ndarray, device,
+                  span: slice = slice(None), context_group=None) -> np.ndarray:
     """Masked LM: log2 p of the true base at each of ``positions`` with all of them replaced
-    by MASK in one forward pass; NaN elsewhere."""
+    by MASK in one forward pass; NaN elsewhere. With context parallelism, this rank's ``span``
+    of the window (masked alike on every rank) through ``context_group``: log2 p over the span
+    only."""
     tokens = _tokens(codes, device)
-    where = torch.from_numpy(positions).to(device)
     masked = tokens.clone()
-    masked[where] = alphabet.MASK
-    logp = torch.log_softmax(model(masked[None])[0].float(), dim=-1)
-    out = np.full(codes.size, np.nan)
-    chosen = logp[where].gather(-1, tokens[where, None])[:, 0]
-    out[positions] = (chosen / LN2).double().cpu().numpy()
+    masked[torch.from_numpy(positions).to(device)] = alphabet.MASK
+    lo, hi, _ = span.indices(codes.size)
+    logp = torch.log_softmax(model(masked[None, lo:hi], context_group=context_group)[0].float(),
+                             dim=-1)
+    local = positions[(positions >= lo) & (positions < hi)] - lo
+    where = torch.from_numpy(local).to(device)
+    out = np.full(hi - lo, np.nan)
+    chosen = logp[where].gather(-1, tokens[lo:hi][where, None])[:, 0]
+    out[local] = (chosen / LN2).double().cpu().numpy()
     return out
 
 
@@ -282,16 +287,8 @@ def _split_log2p(model: GenoSSM, store: TokenStore, contig: str, start: int, end
             out = torch.cat([out.new_full((1,), math.nan), out])
     else:   # the mask is drawn over the whole window: every rank reads it
         codes = store.codes(contig, start, end)
-        positions = mask_positions(codes, key)
-        tokens = _tokens(codes, device)
-        masked = tokens.clone()
-        masked[torch.from_numpy(positions).to(device)] = alphabet.MASK
-        logp = torch.log_softmax(model(masked[None, span], context_group=group)[0].float(), -1)
-        local = positions[(positions >= span.start) & (positions < span.stop)] - span.start
-        where = torch.from_numpy(local).to(device)
-        out = torch.full((span.stop - span.start,), math.nan, dtype=torch.float64,
-                         device=device)
-        out[where] = (logp[where].gather(-1, tokens[span][where, None])[:, 0] / LN2).double()
+        out = torch.from_numpy(_masked_log2p(model, codes, mask_positions(codes, key), device,
+                                             span, group)).to(device)
     bounds = shard_bounds(inputs, ranks.context)
     firsts = [start] + [start + b + causal for b in bounds[1:-1]]   # each piece's first base
     lengths = [b - a for a, b in zip(firsts, [*firsts[1:], end], strict=True)]

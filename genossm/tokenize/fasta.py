@@ -121,7 +121,6 @@ class ContigCounts:
         else:
             codes = tagged & (alphabet.SOFTMASK_BIT - 1)
             mask = (tagged & alphabet.SOFTMASK_BIT) != 0
-            codes.flags.writeable = mask.flags.writeable = False   # the writer need not copy
             self.writer.append(codes, mask)
             upper_n = _count_n(upper)
             # without ambiguity letters (no IUPAC_BIT) the N are the upper-case letters' N
