@@ -15,6 +15,7 @@ import pysam
 import pytest
 import yaml
 import zarr
+from Bio import SeqIO
 
 from genossm.store import TokenStore
 from helpers import CHR20, ROOT, fasta_records, job_counts
@@ -248,6 +249,42 @@ def test_three_genomes_two_models_two_callsets_and_region_sets(workdir):
         assert path in proc.stdout
 
 
+def test_genbank_sample_features_become_a_region_set(workdir):
+    """A GenBank sample with a features column writes those features as a BED beside its store
+    (rule tokenize_features); a region set that names the BED is embedded on the genome whose
+    reference is the GenBank file itself."""
+    shutil.copy(ROOT / "tests/data/formats/NC_005816.gb", workdir / "config/data")
+    gb = "config/data/NC_005816.gb"
+    samples = workdir / "config/samples.tsv"
+    lines = samples.read_text().splitlines()
+    samples.write_text("\n".join([lines[0] + "\tfeatures", *lines[1:],
+                                   f"plasmid\t{gb}\t\t\tCDS"]) + "\n")
+    with open(workdir / "config/genomes.tsv", "a") as fh:
+        fh.write(f"plasmid\t{gb}\tplasmid\t\t\n")
+    with open(workdir / "config/region_sets.tsv", "a") as fh:
+        fh.write("plasmid_cds\tplasmid\tresults/tokens/plasmid.features.bed\n")
+    out = snakemake(workdir, "-n", "-p", "--cores", "2").stdout
+    assert job_counts(out)["tokenize_features"] == 1
+    assert (f"genossm tokenize {gb} -o results/tokens/plasmid.zarr --threads 2 --force "
+            "--quiet --chunk-size 1048576") in out and "--features CDS >" in out
+    assert (f"genossm embed --model results/models/plasmid/small --fasta {gb} --bed "
+            "results/tokens/plasmid.features.bed -o results/embed/plasmid/small/"
+            "plasmid_cds.zarr") in out
+    assert "--features" not in rule_block(out, "tokenize")   # the FASTA and BAM samples
+
+    snakemake(workdir, "--cores", "2", "results/tokens/plasmid.features.bed")
+    with open(workdir / "results/tokens/plasmid.features.bed") as fh:
+        rows = [line.split("\t") for line in fh if not line.startswith("#")]
+    record = SeqIO.read(ROOT / "tests/data/formats/NC_005816.gb", "genbank")
+    expected = [(record.id, int(f.location.start), int(f.location.end),
+                 "+" if f.location.strand == 1 else "-")
+                for f in record.features if f.type == "CDS"]
+    assert len(expected) == 10
+    assert [(r[0], int(r[1]), int(r[2]), r[5]) for r in rows] == expected
+    assert TokenStore(workdir / "results/tokens/plasmid.zarr").contig(record.id).md5 == \
+        hashlib.md5(str(record.seq).upper().encode()).hexdigest()
+
+
 def rule_block(output: str, rule: str) -> str:
     start = output.index(f"rule {rule}:")
     return output[start:output.index("\n\n", start)]
@@ -298,6 +335,8 @@ def test_slurm_profile_dry_run(workdir):
     (("config/config.yaml", "samples: config/samples.tsv", "sample: x"), "samples"),
     (("config/samples.tsv", "lambda\t", "lam bda\t"), "line 4 ('lam bda')"),
     (("config/samples.tsv", "lambda\t", "chr20\t"), "line 4 ('chr20'): duplicate sample"),
+    (("config/config.yaml", "  min_mapq: 0", "  features: CDS"),
+     "config: tokenize: features: set per sample, in the features column of the sample sheet"),
 ])
 def test_config_errors_are_clear(workdir, edit, message):
     path, old, new = edit

@@ -17,6 +17,8 @@ validate(config, "../schemas/config.schema.yaml")
 # model, and tokenize, passes `--threads {threads}`; benchmark runs on one thread, no GPU.
 RULE_SETTINGS = ("threads", "mem_mb", "runtime", "gpus", "parts")
 STEPS = ("tokenize", "train", "evaluate", "score", "embed", "benchmark")
+# The sample sheet's columns that are flags of `genossm tokenize`, set per sample.
+SAMPLE_COLUMNS = ("reference", "region", "features")
 # The call-set sheet's columns that are flags of `genossm benchmark`: its label source.
 LABEL_COLUMNS = ("label_info", "labels", "label_column", "positive", "negative", "group_by")
 
@@ -75,8 +77,22 @@ def _check_benchmark_section():
                              "without a GPU; mem_mb and runtime are the settings of its job")
 
 
+def _check_tokenize_section():
+    """The tokenize section holds no option that is a sample's own: its reference, region or
+    features (columns of the sample sheet), nor where the features BED goes (beside the
+    store, where the rule declares it)."""
+    for key in config["tokenize"]:
+        if key in SAMPLE_COLUMNS:
+            raise ValueError(f"config: tokenize: {key}: set per sample, in the {key} column of "
+                             "the sample sheet")
+        if key == "features_bed":
+            raise ValueError("config: tokenize: features_bed: the workflow writes a sample's "
+                             "features to results/tokens/NAME.features.bed")
+
+
 _check_step_options()
 _check_benchmark_section()
+_check_tokenize_section()
 
 
 def load_sheet(path, schema, what):
@@ -197,9 +213,17 @@ def sample_reference(wildcards):
     return [ref] if ref else []
 
 
+def sample_names(features):
+    """The samples with (or without) a `features` column, as a wildcard constraint: the rules
+    tokenize_features and tokenize (which lacks the BED output) split them."""
+    names = [n for n, row in SAMPLES.items() if bool(row.get("features")) == features]
+    return "|".join(names) or "(?!)"   # (?!): no sample; the rule never matches
+
+
 def tokenize_flags(wildcards):
     row = SAMPLES[wildcards.name]
-    return command_flags("tokenize", reference=row.get("reference"), region=row.get("region"))
+    return command_flags("tokenize", reference=row.get("reference"), region=row.get("region"),
+                         features=row.get("features"))
 
 
 # --- train and evaluate ----------------------------------------------------------------------
