@@ -15,6 +15,11 @@ take longer than tokenizing it), tokenized once (REPEAT times with --repeat), af
 time, throughput, CPU, peak RSS (goal <= 1 GB whatever the genome's size) and the store's size
 on disk. `--keep-store PATH` keeps the store (benchmarks/store_read.py reads one). `--also DIR`
 times another genossm package (say, the last commit's) in the same alternation.
+
+`--twobit` (with `--genome`, or alone for the chr20-sized record): the same records as a UCSC
+2bit file (version 0, 4 bases a byte, the size of hg38.2bit) with N blocks and soft-mask blocks
+of hg38's density (a masked run of about 300 bases every 600), read by Biopython: time,
+throughput, peak RSS and store size (no floor command: nothing else decodes 2bit here).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import os
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -94,6 +100,52 @@ def build_input(path: Path, records: dict[str, int], *, fast: bool = False) -> N
     tmp.rename(path)
 
 
+def _blocks(rng, length: int, mean_gap: float, mean_size: float) -> tuple[np.ndarray, ...]:
+    """Random (starts, sizes) of non-overlapping blocks within ``length`` (2bit's uint32)."""
+    count = int(length / (mean_gap + mean_size) * 1.2) + 16
+    gaps = rng.exponential(mean_gap, count).astype(np.int64) + 1
+    sizes = rng.exponential(mean_size, count).astype(np.int64) + 1
+    starts = np.cumsum(gaps) + np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    keep = starts + sizes < length
+    return starts[keep].astype(np.uint32), sizes[keep].astype(np.uint32)
+
+
+def build_twobit(path: Path, records: dict[str, int]) -> None:
+    """Write ``records`` (name -> bases) of real sequence as a little-endian version-0 2bit
+    file with N blocks (one of ~50 kb per 5 Mb) and soft-mask blocks (~300 bases every ~600),
+    under a temporary name renamed when complete. Packing: T C A G = 0 1 2 3, 4 bases a byte,
+    the first in the high bits (UCSC's format; Biopython reads it back)."""
+    period = np.frombuffer(real_sequence().upper(), np.uint8)
+    pack = np.zeros(256, np.uint8)
+    pack[np.frombuffer(b"TCAG", np.uint8)] = np.arange(4, dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    tmp = path.with_name(path.name + ".tmp")
+    index_size = sum(1 + len(name) + 4 for name in records)
+    offsets = []
+    with open(tmp, "wb") as out:
+        out.write(struct.pack("<IIII", 0x1A412743, 0, len(records), 0))
+        out.seek(16 + index_size)
+        for length in records.values():
+            offsets.append(out.tell())
+            n_starts, n_sizes = _blocks(rng, length, 5e6, 5e4)
+            mask_starts, mask_sizes = _blocks(rng, length, 300, 300)
+            out.write(struct.pack("<II", length, n_starts.size))
+            out.write(n_starts.tobytes() + n_sizes.tobytes())
+            out.write(struct.pack("<I", mask_starts.size))
+            out.write(mask_starts.tobytes() + mask_sizes.tobytes())
+            out.write(struct.pack("<I", 0))
+            for start in range(0, length, 1 << 24):   # a multiple of 4 bases a piece
+                codes = pack[period[np.arange(start, min(length, start + (1 << 24)))
+                                    % period.size]]
+                codes = np.pad(codes, (0, -codes.size % 4)).reshape(-1, 4)
+                out.write((codes[:, 0] << 6 | codes[:, 1] << 4 | codes[:, 2] << 2
+                           | codes[:, 3]).astype(np.uint8).tobytes())
+        out.seek(16)
+        for name, offset in zip(records, offsets, strict=True):
+            out.write(bytes([len(name)]) + name.encode() + struct.pack("<I", offset))
+    tmp.rename(path)
+
+
 def run(cmd: list[str], stdout=subprocess.DEVNULL, env=None, cwd=None
         ) -> tuple[float, float, int]:
     """Wall time, CPU time (user + system) and peak RSS (bytes) of one child process."""
@@ -121,6 +173,8 @@ def main() -> None:
     ap.add_argument("--input", type=Path, help="a FASTA.gz to use instead of building one")
     ap.add_argument("--genome", action="store_true",
                     help="3.1 Gb in 25 records with GRCh38's chromosome sizes, tokenized once")
+    ap.add_argument("--twobit", action="store_true",
+                    help="a 2bit file of the same records instead of FASTA.gz (no floor)")
     ap.add_argument("--total-mb", type=int, help="several records: this many Mb in all")
     ap.add_argument("--largest-mb", type=int, default=40, help="...the largest this long")
     ap.add_argument("--threads", type=int, default=2)
@@ -153,10 +207,15 @@ def main() -> None:
             name, fast = f"chr20_x{args.total_mb}Mb.fa.gz", False
         else:
             records, name, fast = {"chr20": CHR20_LENGTH}, "chr20_size.fa.gz", False
+        if args.twobit:
+            name = name.replace(".fa.gz", ".2bit")
         path = args.out_dir.resolve() / name
         if not path.exists():
             print(f"building {path} ...", flush=True)
-            build_input(path, records, fast=fast)
+            if args.twobit:
+                build_twobit(path, records)
+            else:
+                build_input(path, records, fast=fast)
 
     genossm = [sys.executable, "-m", "genossm"]
     # Bytecode first, as an installed package has it: where PYTHONDONTWRITEBYTECODE is set (as
@@ -173,8 +232,9 @@ def main() -> None:
                 "--threads", str(args.threads)]
     try:
         for _ in range(repeat):
-            with open(os.devnull, "wb") as null:
-                gz.append(run(["gzip", "-dc", str(path)], stdout=null))
+            if not args.twobit:
+                with open(os.devnull, "wb") as null:
+                    gz.append(run(["gzip", "-dc", str(path)], stdout=null))
             if args.also:
                 shutil.rmtree(store, ignore_errors=True)
                 # run from DIR: `python -m` puts the working directory first on sys.path
@@ -194,24 +254,28 @@ def main() -> None:
         return statistics.median(r[i] for r in runs)
 
     peak = max(r[2] for r in tok)
-    print(f"input: {path.name}, {path.stat().st_size / 1e6:,.1f} MB gzip, "
-          f"{total / 1e6:,.1f} Mb in {len(contigs)} FASTA records (largest "
+    print(f"input: {path.name}, {path.stat().st_size / 1e6:,.1f} MB "
+          f"{'2bit' if args.twobit else 'gzip'}, "
+          f"{total / 1e6:,.1f} Mb in {len(contigs)} records (largest "
           f"{largest / 1e6:.1f} Mb); threads {args.threads}; median of {repeat} alternating "
           f"run{'s' if repeat > 1 else ''}")
-    print(f"gzip -dc            {median(gz, 0):7.2f} s   {total / median(gz, 0) / 1e6:7.1f} "
-          f"Mb/s   CPU {median(gz, 1):.2f} s")
+    if gz:
+        print(f"gzip -dc            {median(gz, 0):7.2f} s   "
+              f"{total / median(gz, 0) / 1e6:7.1f} Mb/s   CPU {median(gz, 1):.2f} s")
     t = median(tok, 0)
     print(f"genossm tokenize    {t:7.2f} s   {total / t / 1e6:7.1f} Mb/s   "
           f"CPU {median(tok, 1):.2f} s   (runs: {', '.join(f'{r[0]:.2f}' for r in tok)})")
     if also:
         a = median(also, 0)
+        ratio = f"   ratio to gzip -dc {a / median(gz, 0):.2f}" if gz else ""
         print(f"genossm in {args.also}: {a:7.2f} s   {total / a / 1e6:7.1f} Mb/s   "
-              f"CPU {median(also, 1):.2f} s   ratio to gzip -dc {a / median(gz, 0):.2f}   "
+              f"CPU {median(also, 1):.2f} s{ratio}   "
               f"peak RSS {max(r[2] for r in also) / 1e6:.0f} MB")
-    ratios = [r[0] / g[0] for r, g in zip(tok, gz, strict=True)]
-    print(f"ratio tokenize / gzip -dc: {t / median(gz, 0):.2f} (of the medians; per pair: "
-          f"{', '.join(f'{x:.2f}' for x in ratios)}; of CPU time "
-          f"{median(tok, 1) / median(gz, 1):.2f})   (goal <= 1.5)")
+    if gz:
+        ratios = [r[0] / g[0] for r, g in zip(tok, gz, strict=True)]
+        print(f"ratio tokenize / gzip -dc: {t / median(gz, 0):.2f} (of the medians; per pair: "
+              f"{', '.join(f'{x:.2f}' for x in ratios)}; of CPU time "
+              f"{median(tok, 1) / median(gz, 1):.2f})   (goal <= 1.5)")
     print(f"peak RSS: {peak / 1e6:.0f} MB   (goal <= 1 GB)")
     print(f"store: {store_bytes / 1e6:,.1f} MB on disk in {store_files:,} files, "
           f"{store_bytes / total:.3f} bytes/base")
