@@ -230,8 +230,14 @@ class TwoBitFile:
         def number(data: bytes) -> int:
             return int.from_bytes(data, order)
 
+        if len(header) >= 16 and number(header[4:8]) == 1:
+            fasta = f"{self.path.name.removesuffix('.2bit')}.fa"
+            raise InputError(self.path, "a version-1 2bit file (64-bit offsets, for genomes over "
+                                        "4 GB), which Biopython cannot read; convert it to FASTA: "
+                                        f"twoBitToFa {self.path} {fasta} && bgzip {fasta} && "
+                                        f"samtools faidx {fasta}.gz")
         if len(header) < 16 or number(header[4:8]) != 0:
-            return   # Biopython says what is wrong (a version-1 file: not supported)
+            return   # Biopython says what is wrong
         entries = []
         for index in range(number(header[8:12])):
             length = fh.read(1)

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import re
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -274,11 +275,19 @@ def test_an_invalid_letter_names_the_record_and_base(tmp_path, capsys):
                    "character '!' in sequence")
 
 
-def test_a_gzip_twobit_and_a_cut_twobit_are_refused(tmp_path, capsys):
+def test_a_gzip_a_version_1_and_a_cut_twobit_are_refused(tmp_path, capsys):
     packed = tmp_path / "seq.2bit.gz"
     packed.write_bytes(gzip.compress(TWOBITS[0].read_bytes()))
     err = run_bad(tmp_path, capsys, packed)
     assert err.startswith(f"genossm: error: {packed}: a gzip-compressed 2bit file")
+    version_1 = tmp_path / "genome.2bit"   # version 1: 64-bit offsets (a genome over 4 GB)
+    version_1.write_bytes(struct.pack("<IIII", 0x1A412743, 1, 1, 0) + b"\x01a" +
+                          struct.pack("<QIIII", 26, 4, 0, 0, 0) + b"\x1b")
+    err = run_bad(tmp_path, capsys, version_1)
+    assert err == (f"genossm: error: {version_1}: a version-1 2bit file (64-bit offsets, for "
+                   "genomes over 4 GB), which Biopython cannot read; convert it to FASTA: "
+                   f"twoBitToFa {version_1} genome.fa && bgzip genome.fa && samtools faidx "
+                   "genome.fa.gz")
     cut = tmp_path / "cut.2bit"
     for size in (20, 300, len(TWOBITS[0].read_bytes()) - 1):
         cut.write_bytes(TWOBITS[0].read_bytes()[:size])
