@@ -16,6 +16,9 @@ time, throughput, CPU, peak RSS (goal <= 1 GB whatever the genome's size) and th
 on disk. `--keep-store PATH` keeps the store (benchmarks/store_read.py reads one). `--also DIR`
 times another genossm package (say, the last commit's) in the same alternation.
 
+`--scaffolds N`: a draft assembly instead, N records of `--scaffold-kb` (5) kb each of the same
+real sequence (gzip level 6): what it costs per contig.
+
 `--twobit` (with `--genome`, or alone for the chr20-sized record): the same records as a UCSC
 2bit file (version 0, 4 bases a byte, the size of hg38.2bit) with N blocks and soft-mask blocks
 of hg38's density (a masked run of about 300 bases every 600), read by Biopython: time,
@@ -175,6 +178,8 @@ def main() -> None:
                     help="3.1 Gb in 25 records with GRCh38's chromosome sizes, tokenized once")
     ap.add_argument("--twobit", action="store_true",
                     help="a 2bit file of the same records instead of FASTA.gz (no floor)")
+    ap.add_argument("--scaffolds", type=int, help="a draft assembly: this many records...")
+    ap.add_argument("--scaffold-kb", type=int, default=5, help="...of this many kb each")
     ap.add_argument("--total-mb", type=int, help="several records: this many Mb in all")
     ap.add_argument("--largest-mb", type=int, default=40, help="...the largest this long")
     ap.add_argument("--threads", type=int, default=2)
@@ -199,6 +204,9 @@ def main() -> None:
     else:
         if args.genome:
             records, name, fast = GRCH38, "genome_grch38_sizes.fa.gz", True
+        elif args.scaffolds:
+            records = {f"scaffold_{i}": args.scaffold_kb * 1000 for i in range(args.scaffolds)}
+            name, fast = f"scaffolds_{args.scaffolds}x{args.scaffold_kb}kb.fa.gz", False
         elif args.total_mb:
             sizes = [args.largest_mb * 1_000_000]
             while sum(sizes) < args.total_mb * 1_000_000:

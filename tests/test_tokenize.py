@@ -125,10 +125,56 @@ def test_store_layout_and_attributes(tmp_path):
     key = attrs["contig_index"]["gi|9626243|ref|NC_001416.1|"]
     codes_meta = json.loads((store.path / "contigs" / key / "codes" / "zarr.json").read_text())
     assert codes_meta["data_type"] == "uint8" and codes_meta["shape"] == [48_502]
-    assert codes_meta["chunk_grid"]["configuration"]["chunk_shape"] == [1 << 20]
+    # shorter than a chunk (1 MiB): one chunk of its length
+    assert codes_meta["chunk_grid"]["configuration"]["chunk_shape"] == [48_502]
     group_attrs = json.loads((store.path / "contigs" / key / "zarr.json").read_text())
     assert group_attrs["attributes"]["name"] == "gi|9626243|ref|NC_001416.1|"
     assert not list(store.path.parent.glob(".*tmp*"))
+    # written in several buffers of 2 chunks (streamed, grown and trimmed), or whole in its
+    # first buffer (created in its final shape): the same layout
+    for chunk, buffers in ((4096, 6), (16_384, 2), (32_768, 1)):
+        store = tokenize(tmp_path, LAMBDA, name=f"c{chunk}.zarr",
+                         extra=["--chunk-size", str(chunk)])
+        codes = store.path / "contigs" / key / "codes"
+        meta = json.loads((codes / "zarr.json").read_text())
+        assert meta["shape"] == [48_502] and meta["chunk_grid"]["configuration"][
+            "chunk_shape"] == [chunk], buffers
+        assert sorted(int(p.name) for p in (codes / "c").iterdir()) == list(
+            range(-(-48_502 // chunk)))
+        (name, seq), = fasta_records(LAMBDA)
+        assert alphabet.decode(store.codes(name)) == seq.upper()
+        assert store.contig(name).md5 == hashlib.md5(seq.upper().encode()).hexdigest()
+
+
+def test_an_assembly_of_many_short_contigs(tmp_path):
+    """300 records of 1 base to 4.4 kb of lambda (soft-masked runs, N and IUPAC letters in some)
+    in 2 kb chunks: those that end within their first buffer (4 kb) are created whole, in
+    batches (here two), the others streamed; every contig reads back as written, with its
+    attributes, in one chunk of its length where it is shorter than a chunk."""
+    rng = np.random.default_rng(7)
+    (_, lam), = fasta_records(LAMBDA)
+    records = []
+    for i in range(300):
+        n = int(rng.integers(1, 4_400))
+        start = int(rng.integers(0, len(lam) - n))
+        seq = list(lam[start:start + n])
+        if i % 3 == 0:
+            a = int(rng.integers(0, n))
+            seq[a:a + 300] = [c.lower() for c in seq[a:a + 300]]
+        if i % 5 == 0:
+            seq[int(rng.integers(0, n))] = "N"
+            seq[int(rng.integers(0, n))] = "R"
+        records.append((f"scaffold_{i}", "".join(seq)))
+    store = tokenize(tmp_path, write_fasta(tmp_path / "assembly.fa", records),
+                     extra=["--chunk-size", "2048"])
+    assert_store_matches(store, records)
+    small = [len(seq) for _, seq in records if len(seq) <= 4096]
+    assert len(small) > 256          # more than one batch
+    for (name, seq) in records:
+        codes = store.path / "contigs" / store.contig_index[name] / "codes"
+        chunk, = json.loads((codes / "zarr.json").read_text())["chunk_grid"]["configuration"][
+            "chunk_shape"]
+        assert chunk == min(2048, len(seq))
 
 
 def test_empty_record_is_skipped_and_reported(tmp_path, capsys, caplog):
