@@ -2,6 +2,7 @@
 # that wire the rules together. Every sheet error names the file, the line and the row.
 
 import csv
+import re
 import shlex
 
 from snakemake.utils import validate
@@ -216,7 +217,7 @@ def sample_reference(wildcards):
 def sample_names(features):
     """The samples with (or without) a `features` column, as a wildcard constraint: the rules
     tokenize_features and tokenize (which lacks the BED output) split them."""
-    names = [n for n, row in SAMPLES.items() if bool(row.get("features")) == features]
+    names = [re.escape(n) for n, row in SAMPLES.items() if bool(row.get("features")) == features]
     return "|".join(names) or "(?!)"   # (?!): no sample; the rule never matches
 
 
