@@ -198,8 +198,7 @@ def config_path(config: Path | None, device: str | None) -> tuple[Path, bool]:
         from genossm.runtime import resolve_device
 
         return builtin_config(resolve_device(device).type), True
-    return (preset(str(config)) if not Path(config).exists() and preset(str(config))
-            else config), False
+    return (config if Path(config).exists() else preset(str(config)) or config), False
 
 
 def describe(cfg: TrainConfig) -> str:

@@ -174,10 +174,7 @@ class TokenStore:
                 raise KeyError(f"{self.path}: no contig named {name!r}")
             key = self.contig_index[name]
             with self._metadata(f"contigs/{key}"):
-                # the group's zarr.json read as JSON, not opened through Zarr: a store of
-                # thousands of contigs lists them in a fraction of a second
-                meta = json.loads((self.path / "contigs" / key / "zarr.json").read_text())
-                a = meta["attributes"]
+                a = self._node_json(f"contigs/{key}")["attributes"]
                 self._contigs[name] = ContigInfo(
                     name=name, key=key, length=int(a["length"]), n_count=int(a["n_count"]),
                     softmasked=int(a["softmasked"]), iupac_count=int(a["iupac_count"]),
@@ -193,8 +190,7 @@ class TokenStore:
         header and that every chunk file of codes is there (in stores whose codes fill value
         is CODES_FILL); InputError naming the first file that is missing, cut short or
         unreadable. What the chunks decode to is checked as they are read. (The metadata is
-        read as JSON, not opened through Zarr: a store of thousands of contigs is checked in
-        a fraction of a second.)"""
+        read as JSON: ``_node_json``.)"""
         tracks = [(f"contigs/{key}/{track}", f"contig {name}")
                   for name, key in self.contig_index.items() for track in ("codes", "softmask")]
         if self.has_reads:
@@ -218,11 +214,16 @@ class TokenStore:
                 raise InputError(self.path, f"chunk file {path}/c/{missing} is missing; the "
                                             "store is damaged", place=place)
 
+    def _node_json(self, node: str) -> dict:
+        """The zarr.json of ``node`` read as JSON, not opened through Zarr: a store of thousands
+        of contigs is listed and checked in a fraction of a second."""
+        return json.loads((self.path / node / "zarr.json").read_text())
+
     def _array_shape(self, path: str) -> tuple[int, int, object]:
         """(length, chunk length, fill value) of the 1-D array at ``path``, from its
         zarr.json."""
         with self._metadata(path):
-            meta = json.loads((self.path / path / "zarr.json").read_text())
+            meta = self._node_json(path)
             length, = meta["shape"]
             chunk, = meta["chunk_grid"]["configuration"]["chunk_shape"]
             return int(length), int(chunk), meta["fill_value"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from isal import igzip, igzip_lib
+from tqdm import tqdm
 
 from genossm.errors import InputError
 
@@ -56,25 +57,10 @@ def _gzip_head(path: Path, size: int = 4) -> bytes:
     return head
 
 
-def progress_bar(progress: bool, **settings):
-    """A tqdm bar with ``settings`` (off where stderr is no terminal), or, when ``progress``
-    is off (``-q``), a stand-in that only counts: a quiet run never imports tqdm, a few
-    hundredths of a second of its start."""
-    if not progress:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(disable=None, leave=False, **settings)
-
-
-class _NoBar:
-    n = 0
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-
-    def close(self) -> None:
-        pass
+def progress_bar(progress: bool, **settings) -> tqdm:
+    """The inputs' tqdm bar with ``settings``: off with ``progress`` off (``-q``) or where
+    stderr is no terminal, and gone when closed."""
+    return tqdm(disable=None if progress else True, leave=False, **settings)
 
 
 def _read_blocks(path: Path, progress):
